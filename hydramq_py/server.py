@@ -217,9 +217,6 @@ def _run(
 ) -> subprocess.CompletedProcess[str]:
     """Run a server binary (as ``user`` when given); raise ServerError with its output."""
     cmd = [str(a) for a in argv]
-    kwargs: dict[str, object] = {}
-    if user is not None:
-        kwargs = {"user": user.uid, "group": user.gid, "extra_groups": []}
     # Output goes to files, not pipes: a daemon forked by pg_ctl could otherwise keep a pipe
     # open and make us wait for ever.
     with tempfile.TemporaryFile("w+") as out:
@@ -227,7 +224,9 @@ def _run(
             proc = subprocess.run(
                 cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 text=True, env=_child_env(), cwd="/", timeout=timeout, check=False,
-                **kwargs,  # type: ignore[arg-type]
+                user=None if user is None else user.uid,
+                group=None if user is None else user.gid,
+                extra_groups=None if user is None else [],  # drop root's supplementary groups
             )  # fmt: skip
         except subprocess.TimeoutExpired as exc:
             raise ServerError(f"{' '.join(cmd)} timed out after {timeout}s") from exc
@@ -258,8 +257,9 @@ def _usable_bindir(bindir: Path, user: _OsUser | None) -> Path:
         _BINARY_CACHE.mkdir(mode=0o755, exist_ok=True)
         cache = _BINARY_CACHE.lstat()  # in world-writable /tmp: refuse a directory planted there
         if cache.st_uid != os.geteuid() or cache.st_mode & 0o022 or _BINARY_CACHE.is_symlink():
-            raise ServerError(f"{_BINARY_CACHE} must be a directory owned by us, not writable "
-                              "by others: remove it")
+            raise ServerError(
+                f"{_BINARY_CACHE} must be a directory owned by us, not writable by others"
+            )
         staging = Path(tempfile.mkdtemp(prefix=".copy-", dir=_BINARY_CACHE))
         for relative, source in sources.items():
             shutil.copytree(source, staging / "tree" / relative, symlinks=True)
@@ -345,7 +345,8 @@ class LocalServer:
             return
         self._stopped = True
         atexit.unregister(self._stop_at_exit)
-        pg_ctl = [self.bindir / "pg_ctl", "-D", self.datadir, "-w", "-t", "30", "stop"]
+        pg_ctl: list[str | Path] = [self.bindir / "pg_ctl", "-D", self.datadir, "-w", "-t", "30"]
+        pg_ctl.append("stop")
         if _run([*pg_ctl, "-m", "fast"], self._os_user, timeout=60).returncode != 0:
             if _run([*pg_ctl, "-m", "immediate"], self._os_user, timeout=60).returncode != 0:
                 self._kill_postmaster()
@@ -448,8 +449,8 @@ def start_server(
         os.chown(datadir, user.uid, user.gid)
 
     try:
-        initdb = [bindir / "initdb", "-D", datadir, "-U", "postgres", "--auth=trust",
-                  "-E", "UTF8", f"--locale={_locale()}", "--no-instructions"]  # fmt: skip
+        initdb: list[str | Path] = [bindir / "initdb", "-D", datadir, "-U", "postgres"]
+        initdb += ["--auth=trust", "-E", "UTF8", f"--locale={_locale()}", "--no-instructions"]
         if not fsync:
             initdb.append("--no-sync")
         result = _run(initdb, user)
