@@ -1,0 +1,326 @@
+"""The benchmark's phases. A phase is a small function ``f(ctx) -> None`` that stores its
+numbers under ``ctx.results[name]``; ``@phase`` registers it in ``PHASES`` (run in order).
+
+Planned, to be added by the Python-driver issue as further ``@phase`` functions:
+  * ``latency_listen`` / ``latency_poll`` — enqueue -> handler start p50/p99 with a worker
+    woken by LISTEN/NOTIFY, and with polling only;
+  * ``cli_worker`` — end-to-end throughput of ``hydramq worker`` processes;
+  * ``notify_cost`` — single-enqueue throughput with an idle LISTENing worker registered
+    (enqueue then sends NOTIFY) vs without.
+Each reads ``ctx.dsn`` / ``ctx.sizes`` and writes one entry of ``ctx.results``; report.py
+prints any entry whose value has a ``"summary"`` list of rows, so a new phase needs no change
+there.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import baselines
+import psycopg
+from common import (
+    BATCH,
+    CONNECTIONS_PER_PROCESS,
+    ENQUEUE_CONNECTIONS_PER_PROCESS,
+    Context,
+    median,
+    ratio,
+)
+from runner import RunResult, drain, enqueue_for
+from workloads import (
+    DRAIN_SYSTEMS,
+    HYDRA_FILL,
+    HYDRA_POLICY_CLEAR,
+    HYDRA_POLICY_SET,
+    QUEUE,
+    shape_chunks,
+)
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    description: str
+    run: Callable[[Context], None]
+
+
+PHASES: list[Phase] = []
+
+
+def phase(name: str, description: str) -> Callable[[Callable[[Context], None]],
+                                                    Callable[[Context], None]]:
+    def register(fn: Callable[[Context], None]) -> Callable[[Context], None]:
+        PHASES.append(Phase(name, description, fn))
+        return fn
+    return register
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+def settle(conn: psycopg.Connection) -> None:
+    """Untimed, before every timed run: VACUUM ANALYZE (fresh visibility map and statistics)
+    and CHECKPOINT (so that no run pays for a checkpoint the previous one caused)."""
+    conn.execute("VACUUM (ANALYZE)")
+    try:
+        conn.execute("CHECKPOINT")
+    except psycopg.Error:
+        pass  # neither superuser nor pg_checkpoint: runs are a little noisier
+
+
+def purge_hydramq(conn: psycopg.Connection) -> None:
+    """Remove every message of the benchmark database. No public API empties a queue, so
+    this truncates the extension's message table (the bench owns this throwaway database)."""
+    conn.execute("TRUNCATE hydra.message CASCADE")
+
+
+def leftover(conn: psycopg.Connection, system: str) -> int | None:
+    """Messages still stored after a drain (should be 0); None when it cannot be told."""
+    table = {"lease": "bench_base.lq", "delete": "bench_base.dq"}.get(system)
+    try:
+        if table:
+            row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+        else:
+            row = conn.execute("SELECT count(*) FROM hydra.message WHERE queue = %s",
+                               (QUEUE,)).fetchone()
+    except psycopg.Error:
+        return None
+    return int(row[0]) if row else None
+
+
+def systems_for(ctx: Context) -> list[str]:
+    return ["hydramq", "lease", "delete"] if ctx.hydramq else ["lease", "delete"]
+
+
+def rotated(items: list[str], k: int) -> list[str]:
+    """Round k runs the systems in a rotated order, so slow drift does not favour one."""
+    k %= len(items)
+    return items[k:] + items[:k]
+
+
+# --------------------------------------------------------------------------------------------
+# 1. drain throughput
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    channels: int
+    per_channel: int
+    capped: bool  # every channel max_concurrency => 1 (hydramq only; baselines have no caps)
+    prefix: str
+    chunk: int
+
+    @property
+    def messages(self) -> int:
+        return self.channels * self.per_channel
+
+
+def drain_shapes(ctx: Context) -> list[Shape]:
+    s = ctx.sizes
+    return [
+        Shape("S1", 1, s.s1_messages, False, "s1c", 1000),
+        Shape("S2", s.s2_channels, s.s2_per_channel, False, "s2c", 1000),
+        Shape("S3", s.s3_channels, s.s3_per_channel, True, "s3c", s.s3_per_channel),
+    ]
+
+
+def run_drain(ctx: Context, conn: psycopg.Connection, shape: Shape, system: str,
+              round_no: int) -> RunResult:
+    sysobj = DRAIN_SYSTEMS[system]
+    label = f"{shape.name} {sysobj.label} r{round_no + 1}"
+    ctx.progress.start(label)
+    if system == "lease":
+        baselines.reset(conn, "lq")
+    elif system == "delete":
+        baselines.reset(conn, "dq")
+    if system == "hydramq" and shape.capped:
+        with conn.transaction():
+            for c in range(shape.channels):
+                conn.execute(HYDRA_POLICY_SET, (f"{shape.prefix}{c}", 1, QUEUE))
+    filled = 0
+    for doc in shape_chunks(shape.channels, shape.per_channel, shape.prefix, shape.chunk):
+        filled += sysobj.fill(conn, doc)
+        ctx.progress.update(f"pre-enqueue {filled:,}/{shape.messages:,} (untimed)")
+    ctx.progress.update("vacuum + checkpoint (untimed)", force=True)
+    settle(conn)
+    res = drain(ctx.dsn, system, shape.messages, ctx.progress, CONNECTIONS_PER_PROCESS)
+    left = leftover(conn, system)
+    if system == "hydramq":
+        if shape.capped:
+            with conn.transaction():
+                for c in range(shape.channels):
+                    conn.execute(HYDRA_POLICY_CLEAR, (f"{shape.prefix}{c}", QUEUE))
+        if left:
+            purge_hydramq(conn)
+    elif left:
+        baselines.reset(conn, "lq" if system == "lease" else "dq")
+    status = f"{res.rate:>9,.0f} msgs/s  ({res.messages:,} in {res.seconds:.2f}s)"
+    if not res.complete:
+        status += f"  INCOMPLETE, {left} left"
+    if res.errors:
+        status += f"  ERROR: {res.errors[0].strip().splitlines()[-1]}"
+    ctx.progress.done(status)
+    return res
+
+
+@phase("drain", "drain throughput, 2 processes x 10 connections, batch 100 (S1, S2, S3)")
+def drain_phase(ctx: Context) -> None:
+    shapes = drain_shapes(ctx)
+    systems = systems_for(ctx)
+    out: dict[str, Any] = {}
+    for shape in shapes:
+        out[shape.name] = {
+            "params": {"channels": shape.channels, "per_channel": shape.per_channel,
+                       "messages": shape.messages, "max_concurrency": 1 if shape.capped else None,
+                       "batch": BATCH, "processes": 2, "connections_per_process":
+                       CONNECTIONS_PER_PROCESS, "prefill_chunk": shape.chunk},
+            "runs": {s: [] for s in systems}}
+    ctx.results["drain"] = out
+    with psycopg.connect(ctx.dsn, autocommit=True) as conn:
+        for r in range(ctx.sizes.rounds):
+            ctx.progress.note(f"round {r + 1}/{ctx.sizes.rounds}")
+            for shape in shapes:
+                for system in rotated(systems, r):
+                    res = run_drain(ctx, conn, shape, system, r)
+                    out[shape.name]["runs"][system].append(res.as_dict())
+    for shape in shapes:
+        entry = out[shape.name]
+        rates = {s: median([x["msgs_per_s"] for x in runs if x["complete"]])
+                 for s, runs in entry["runs"].items()}
+        entry["median_msgs_per_s"] = rates
+        entry["ratio_to_lease"] = ratio(rates.get("hydramq"), rates.get("lease"))
+        entry["ratio_to_delete"] = ratio(rates.get("hydramq"), rates.get("delete"))
+        entry["lease_to_delete"] = ratio(rates.get("lease"), rates.get("delete"))
+        if "hydramq" in entry["runs"]:
+            entry["round_ratios_to_lease"] = [
+                ratio(h["msgs_per_s"], b["msgs_per_s"])
+                for h, b in zip(entry["runs"]["hydramq"], entry["runs"]["lease"],
+                                strict=False)]
+
+
+# --------------------------------------------------------------------------------------------
+# 2. enqueue throughput
+# --------------------------------------------------------------------------------------------
+ENQUEUE_KINDS = {
+    "single": ("hydramq_one", "plain_one", "1 message per transaction"),
+    "batch": ("hydramq_many", "plain_many", "100 messages per statement"),
+}
+
+
+@phase("enqueue", "enqueue throughput, 2 processes x 4 connections, time-boxed")
+def enqueue_phase(ctx: Context) -> None:
+    seconds = ctx.sizes.enqueue_seconds
+    out: dict[str, Any] = {}
+    for kind, (_, _, desc) in ENQUEUE_KINDS.items():
+        out[kind] = {"params": {"description": desc, "seconds": seconds, "processes": 2,
+                                "connections_per_process": ENQUEUE_CONNECTIONS_PER_PROCESS,
+                                "channels": 1000},
+                     "runs": {"hydramq": [], "plain": []} if ctx.hydramq else {"plain": []}}
+    ctx.results["enqueue"] = out
+    with psycopg.connect(ctx.dsn, autocommit=True) as conn:
+        for r in range(ctx.sizes.rounds):
+            for kind, (hyd, base, _) in ENQUEUE_KINDS.items():
+                pairs = [("hydramq", hyd), ("plain", base)] if ctx.hydramq else [("plain", base)]
+                for system, producer in (pairs if r % 2 == 0 else pairs[::-1]):
+                    ctx.progress.start(f"enqueue {kind} {system} r{r + 1}")
+                    if system == "hydramq":
+                        purge_hydramq(conn)
+                    else:
+                        baselines.reset(conn, "plain")
+                    settle(conn)
+                    res = enqueue_for(ctx.dsn, producer, seconds, ctx.progress,
+                                      ENQUEUE_CONNECTIONS_PER_PROCESS)
+                    out[kind]["runs"][system].append(res.as_dict())
+                    status = f"{res.rate:>9,.0f} msgs/s  ({res.messages:,} in {seconds:.0f}s)"
+                    if res.errors:
+                        status += f"  ERROR: {res.errors[0].strip().splitlines()[-1]}"
+                    ctx.progress.done(status)
+        if ctx.hydramq:
+            purge_hydramq(conn)
+        baselines.reset(conn, "plain")
+    for entry in out.values():
+        rates = {s: median([x["msgs_per_s"] for x in runs if x["complete"]])
+                 for s, runs in entry["runs"].items()}
+        entry["median_msgs_per_s"] = rates
+        entry["ratio_to_plain"] = ratio(rates.get("hydramq"), rates.get("plain"))
+
+
+# --------------------------------------------------------------------------------------------
+# 3. fairness
+# --------------------------------------------------------------------------------------------
+FAIR_QUEUE = "bench_fair"
+FAIR_DEQUEUE = "SELECT id, channel, lease_token FROM hydra.dequeue(queue => %s, batch => 1)"
+FAIR_COMPLETE = "SELECT hydra.complete(%s, %s)"
+
+
+def expected_fair_order(noisy: int, quiet_channels: int, quiet_each: int) -> list[str]:
+    """Exact round robin: each round serves the noisy channel once, then every quiet channel
+    once, in the order they arrived (SPEC §5)."""
+    order: list[str] = []
+    for _ in range(quiet_each):
+        order.append("noisy")
+        order.extend(f"quiet{q}" for q in range(quiet_channels))
+    order.extend(["noisy"] * (noisy - quiet_each))
+    return order
+
+
+@phase("fairness", "fairness: 1 noisy channel then 100 quiet ones, 1 consumer, batch 1")
+def fairness_phase(ctx: Context) -> None:
+    if not ctx.hydramq:
+        ctx.results["fairness"] = {"skipped": "hydramq extension not available"}
+        return
+    s = ctx.sizes
+    quiet_total = s.fairness_quiet_channels * s.fairness_quiet_each
+    expected = expected_fair_order(s.fairness_noisy, s.fairness_quiet_channels,
+                                   s.fairness_quiet_each)
+    expected_last = max(i for i, ch in enumerate(expected) if ch != "noisy") + 1
+    served: list[str] = []
+    with psycopg.connect(ctx.dsn, autocommit=True) as conn:
+        ctx.progress.start("fairness")
+        for start in range(0, s.fairness_noisy, 1000):
+            n = min(1000, s.fairness_noisy - start)
+            doc = json.dumps([{"payload": {"n": start + i}, "channel": "noisy"}
+                              for i in range(n)])
+            conn.execute(HYDRA_FILL, (doc, FAIR_QUEUE))
+        for q in range(s.fairness_quiet_channels):
+            doc = json.dumps([{"payload": {"n": i}, "channel": f"quiet{q}"}
+                              for i in range(s.fairness_quiet_each)])
+            conn.execute(HYDRA_FILL, (doc, FAIR_QUEUE))
+        quiet_seen = 0
+        t0 = time.monotonic()
+        while quiet_seen < quiet_total and len(served) < len(expected):
+            row = conn.execute(FAIR_DEQUEUE, (FAIR_QUEUE,)).fetchone()
+            if row is None:
+                break
+            msg_id, channel, token = row
+            conn.execute(FAIR_COMPLETE, (msg_id, token))
+            served.append(channel)
+            if channel != "noisy":
+                quiet_seen += 1
+            if len(served) % 100 == 0:
+                ctx.progress.update(f"{len(served):,} served, {quiet_seen:,}/{quiet_total:,} "
+                                    f"quiet")
+        seconds = time.monotonic() - t0
+        last_quiet = max((i + 1 for i, ch in enumerate(served) if ch != "noisy"), default=None)
+        mismatch = next(((i + 1, expected[i], ch) for i, ch in enumerate(served)
+                         if ch != expected[i]), None)
+        exact = mismatch is None and quiet_seen == quiet_total
+        ctx.progress.done(f"last quiet message at position {last_quiet} (expected "
+                          f"{expected_last}); exact round robin: {'yes' if exact else 'NO'}")
+        purge_hydramq(conn)
+    ctx.results["fairness"] = {
+        "params": {"noisy_messages": s.fairness_noisy,
+                   "quiet_channels": s.fairness_quiet_channels,
+                   "quiet_each": s.fairness_quiet_each, "batch": 1, "connections": 1},
+        "served": len(served), "last_quiet_position": last_quiet,
+        "expected_last_quiet_position": expected_last, "fifo_last_quiet_position":
+        s.fairness_noisy + quiet_total, "exact_round_robin": exact,
+        "first_mismatch": None if mismatch is None else
+        {"position": mismatch[0], "expected": mismatch[1], "got": mismatch[2]},
+        "seconds": round(seconds, 3),
+        "msgs_per_s": round(len(served) / seconds, 1) if seconds > 0 else None,
+    }
