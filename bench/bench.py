@@ -48,6 +48,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="length of each time-boxed enqueue run (default 8, or 3 with --quick)")
     ap.add_argument("--baselines-only", action="store_true",
                     help="do not create the extension; measure the baselines only")
+    ap.add_argument("--stats", action="store_true",
+                    help="record each drain run's top statements from pg_stat_statements "
+                         "(track = all, so statements inside hydramq's functions show; this "
+                         "costs some throughput). A --dsn server must preload it")
     ap.add_argument("--keep-db", action="store_true", help="do not drop the benchmark database")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results.json",
                     help="JSON results file (default bench/results.json)")
@@ -66,6 +70,7 @@ class Setup:
         self.dsn = ""
         self.hydramq = False
         self.hydramq_error: str | None = None
+        self.stats = False
 
     def __enter__(self) -> Setup:
         if self.args.dsn:
@@ -78,7 +83,9 @@ class Setup:
                 raise SystemExit(f"cannot start a server ({exc}); run through `make bench` "
                                  "(.venv) or pass --dsn") from exc
             self.progress.note(f"starting a throwaway {self.args.server} server (fsync on)")
-            self.server = start_server(kind=self.args.server, fsync=True)
+            settings = ({"shared_preload_libraries": "pg_stat_statements",
+                         "pg_stat_statements.track": "all"} if self.args.stats else None)
+            self.server = start_server(kind=self.args.server, fsync=True, settings=settings)
             if not self.args.baselines_only:
                 self.server.install_extension_files()
             self.admin_dsn = self.server.dsn()
@@ -95,6 +102,13 @@ class Setup:
                     self.progress.note(f"WARNING: CREATE EXTENSION hydramq failed "
                                        f"({self.hydramq_error}); measuring baselines only")
             baselines.create(conn)
+            if self.args.stats:
+                try:
+                    conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+                    conn.execute("SELECT pg_stat_statements_reset()")
+                    self.stats = True
+                except psycopg.Error as exc:
+                    self.progress.note(f"WARNING: --stats unavailable ({str(exc).strip()})")
         self.progress.note(f"database {self.dbname} ready")
         return self
 
@@ -139,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         progress.note(f"{srv['version'].split(' on ')[0]}, fsync={srv['settings'].get('fsync')}, "
                       f"synchronous_commit={srv['settings'].get('synchronous_commit')}, "
                       f"hydramq {srv['hydramq_version'] or 'not installed'}")
-        ctx = Context(dsn=setup.dsn, sizes=sizes, progress=progress, hydramq=setup.hydramq)
+        ctx = Context(dsn=setup.dsn, sizes=sizes, progress=progress, hydramq=setup.hydramq,
+                      stats=setup.stats)
         for ph in PHASES:
             if ph.name not in wanted:
                 continue

@@ -55,6 +55,7 @@ class Context:
     sizes: Sizes
     progress: Progress
     hydramq: bool  # False when the extension could not be created: baselines only
+    stats: bool = False  # pg_stat_statements available: keep each run's top statements
     results: dict[str, Any] = field(default_factory=dict)
 
 

@@ -92,6 +92,23 @@ def leftover(conn: psycopg.Connection, system: str) -> int | None:
     return int(row[0]) if row else None
 
 
+TOP_STATEMENTS = """
+SELECT left(regexp_replace(query, '\\s+', ' ', 'g'), 160) AS query, calls, rows,
+       round(total_exec_time::numeric, 1) AS total_ms,
+       round(mean_exec_time::numeric, 4) AS mean_ms, toplevel
+FROM pg_stat_statements
+WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+ORDER BY total_exec_time DESC LIMIT %s
+"""
+
+
+def top_statements(conn: psycopg.Connection, limit: int = 12) -> list[dict[str, Any]]:
+    """The statements that took the most server time since the last reset (``--stats``)."""
+    cur = conn.execute(TOP_STATEMENTS, (limit,))
+    names = [d.name for d in cur.description or []]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
 def systems_for(ctx: Context) -> list[str]:
     return ["hydramq", "lease", "delete"] if ctx.hydramq else ["lease", "delete"]
 
@@ -147,7 +164,11 @@ def run_drain(ctx: Context, conn: psycopg.Connection, shape: Shape, system: str,
         ctx.progress.update(f"pre-enqueue {filled:,}/{shape.messages:,} (untimed)")
     ctx.progress.update("vacuum + checkpoint (untimed)", force=True)
     settle(conn)
+    if ctx.stats:
+        conn.execute("SELECT pg_stat_statements_reset()")
     res = drain(ctx.dsn, system, shape.messages, ctx.progress, CONNECTIONS_PER_PROCESS)
+    if ctx.stats:
+        res.top_statements = top_statements(conn)
     left = leftover(conn, system)
     if system == "hydramq":
         if shape.capped:

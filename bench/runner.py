@@ -34,6 +34,7 @@ class RunResult:
     empty_dequeues: int = 0
     stale: int = 0
     errors: list[str] = field(default_factory=list)
+    top_statements: list[dict[str, Any]] | None = None  # --stats: pg_stat_statements
 
     @property
     def rate(self) -> float:
@@ -43,7 +44,8 @@ class RunResult:
         return {"messages": self.messages, "seconds": round(self.seconds, 4),
                 "msgs_per_s": round(self.rate, 1), "complete": self.complete,
                 "dequeue_calls": self.dequeue_calls, "empty_dequeues": self.empty_dequeues,
-                "stale_completions": self.stale, "errors": self.errors[:5]}
+                "stale_completions": self.stale, "errors": self.errors[:5],
+                **({"top_statements": self.top_statements} if self.top_statements else {})}
 
 
 def _connect_all(dsn: str, conns: int, ready_q: Any) -> list[psycopg.Connection]:
