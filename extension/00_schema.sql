@@ -1,0 +1,135 @@
+-- Schema, types, tables and indexes of hydramq.
+-- Invariants: a message row exists from enqueue until it succeeds (then it is deleted) or, when
+-- it failed, until the failed-retention period ends; `vtime` orders ready messages fairly
+-- (see docs/design.md); nothing here is granted to PUBLIC.
+
+CREATE SCHEMA hydra;
+REVOKE ALL ON SCHEMA hydra FROM PUBLIC;
+COMMENT ON SCHEMA hydra IS 'hydramq: fair multi-tenant message queue';
+
+CREATE TYPE hydra.enqueue_result AS (result text, message_id bigint);
+CREATE TYPE hydra.enqueue_many_result AS (ord integer, result text, message_id bigint);
+CREATE TYPE hydra.fail_result AS (
+    message_id   bigint,
+    outcome      text,          -- 'locked' (will retry) | 'failed' (finished) | 'stale'
+    attempt      integer,
+    available_at timestamptz    -- when a locked message becomes ready again
+);
+CREATE TYPE hydra.event AS (
+    event      text,            -- an event name of SPEC §3, e.g. 'MESSAGE_RELEASED'
+    message_id bigint,
+    queue      text,
+    channel    text,            -- NULL for the default channel
+    detail     jsonb
+);
+CREATE TYPE hydra.leased_message AS (
+    id               bigint,
+    queue            text,
+    channel          text,      -- NULL for the default channel
+    payload          jsonb,
+    priority         integer,
+    name             text,
+    attempt          integer,   -- 1 on the first delivery
+    num_attempts     integer,
+    lease_token      uuid,
+    lease_expires_at timestamptz,
+    enqueued_at      timestamptz,
+    failed_parents   bigint[]   -- parents that failed (only non-empty with cascade_failure off)
+);
+
+-- CACHE 1 keeps ids ascending in allocation order: a child always has a larger id than its
+-- parents, which the lock order (ascending ids) relies on, and an id above last_value was never
+-- issued, which is how enqueue tells an unknown parent from a finished one.
+CREATE SEQUENCE hydra.message_id_seq CACHE 1;
+
+CREATE TABLE hydra.message (
+    id                  bigint      NOT NULL DEFAULT pg_catalog.nextval('hydra.message_id_seq'),
+    queue               text        NOT NULL,
+    channel             text        NOT NULL,            -- '' is the queue's default channel
+    state               text        NOT NULL,
+    prio                integer     NOT NULL,            -- coalesce(priority, -2147483648)
+    vtime               bigint      NOT NULL DEFAULT 0,  -- virtual time: the fair order
+    attempt             integer     NOT NULL DEFAULT 0,  -- deliveries so far
+    num_attempts        integer     NOT NULL,
+    deps_left           integer     NOT NULL DEFAULT 0,  -- parents not yet resolved
+    holds_slot          boolean     NOT NULL DEFAULT false,
+    cascade_failure     boolean     NOT NULL,
+    lock_secs           numeric     NOT NULL,
+    lock_secs_factor    numeric     NOT NULL,
+    max_processing_secs numeric     NOT NULL,
+    available_at        timestamptz,                     -- pending: delay end; locked: back-off end
+    lease_token         uuid,
+    lease_expires_at    timestamptz,
+    enqueued_at         timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    finished_at         timestamptz,
+    name                text,
+    last_error          text,
+    failed_parents      bigint[],
+    payload             jsonb       NOT NULL,
+    CONSTRAINT message_pkey PRIMARY KEY (id),
+    CONSTRAINT message_state_check
+        CHECK (state IN ('pending', 'ready', 'parked', 'processing', 'locked', 'failed'))
+) WITH (fillfactor = 90);
+
+COMMENT ON TABLE hydra.message IS
+    'Messages not yet deleted. States: pending, ready, parked, processing, locked, failed.';
+
+-- The fair order: one ordered scan of this index is a dequeue.
+CREATE INDEX message_ready_idx ON hydra.message (queue, prio DESC, vtime, id)
+    WHERE state = 'ready';
+-- Per-channel view of admitted messages: channel tail for vtime, un-parking, max_size counts.
+CREATE INDEX message_live_idx ON hydra.message (queue, channel, prio DESC, vtime, id)
+    WHERE state IN ('ready', 'parked', 'processing', 'locked');
+-- Time-driven work of coordinate(): delays, back-off, lease expiry, retention.
+CREATE INDEX message_due_idx ON hydra.message (available_at)
+    WHERE state = 'locked' OR (state = 'pending' AND deps_left = 0);
+CREATE INDEX message_lease_idx ON hydra.message (lease_expires_at)
+    WHERE state = 'processing';
+CREATE INDEX message_failed_idx ON hydra.message (finished_at)
+    WHERE state = 'failed';
+-- De-duplication: one never-dequeued message per (queue, name).
+CREATE UNIQUE INDEX message_dedup_idx ON hydra.message (queue, name)
+    WHERE name IS NOT NULL AND attempt = 0 AND state IN ('pending', 'ready', 'parked');
+
+-- DAG edges. A row is resolved once its parent's outcome is known.
+CREATE TABLE hydra.dependency (
+    child_id         bigint  NOT NULL,
+    parent_id        bigint  NOT NULL,
+    resolved         boolean NOT NULL DEFAULT false,
+    parent_succeeded boolean,
+    CONSTRAINT dependency_pkey PRIMARY KEY (child_id, parent_id)
+);
+CREATE INDEX dependency_parent_idx ON hydra.dependency (parent_id) WHERE NOT resolved;
+
+-- Finished parents whose children still wait: an insert-only work list for coordinate().
+CREATE TABLE hydra.parent_outcome (
+    parent_id   bigint      NOT NULL,
+    succeeded   boolean     NOT NULL,
+    finished_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    CONSTRAINT parent_outcome_pkey PRIMARY KEY (parent_id)
+);
+
+-- Channel policies. in_flight counts the channel's messages holding a concurrency slot.
+CREATE TABLE hydra.channel_limit (
+    queue           text    NOT NULL,
+    channel         text    NOT NULL,
+    max_concurrency integer,
+    max_size        integer,
+    in_flight       integer NOT NULL DEFAULT 0,
+    CONSTRAINT channel_limit_pkey PRIMARY KEY (queue, channel)
+) WITH (fillfactor = 50);
+
+-- Idle workers waiting on LISTEN: enqueue NOTIFYs only while one waits on its queue.
+CREATE UNLOGGED TABLE hydra.waiting_worker (
+    queue       text        NOT NULL,
+    backend_pid integer     NOT NULL,
+    since       timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    CONSTRAINT waiting_worker_pkey PRIMARY KEY (queue, backend_pid)
+);
+
+-- Queue data survives pg_dump (waiting_worker is runtime state and is left out).
+SELECT pg_catalog.pg_extension_config_dump('hydra.message', '');
+SELECT pg_catalog.pg_extension_config_dump('hydra.message_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('hydra.dependency', '');
+SELECT pg_catalog.pg_extension_config_dump('hydra.parent_outcome', '');
+SELECT pg_catalog.pg_extension_config_dump('hydra.channel_limit', '');

@@ -1,0 +1,373 @@
+-- Enqueue: the only way messages enter. Insert-only: it never updates a row and locks existing
+-- rows only in two cases: FOR KEY SHARE on parents that are still unfinished (so that a parent's
+-- deletion waits until this child's edge is committed) and the unique-index wait when another
+-- open transaction enqueued the same de-duplication name.
+
+-- Next virtual time for a channel at one priority: after the channel's own tail, never before
+-- the round the queue is serving now (the head of the ready order). Reads only.
+CREATE FUNCTION hydra._next_vtime(p_queue text, p_channel text, p_prio integer)
+RETURNS bigint
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+RETURN greatest(
+    coalesce((SELECT m.vtime + 1 FROM hydra.message m
+               WHERE m.queue = p_queue AND m.channel = p_channel AND m.prio = p_prio
+                 AND m.state IN ('ready', 'parked')
+               ORDER BY m.vtime DESC LIMIT 1), 0),
+    coalesce((SELECT m.vtime FROM hydra.message m
+               WHERE m.queue = p_queue AND m.state = 'ready' AND m.prio = p_prio
+               ORDER BY m.vtime, m.id LIMIT 1), 0));
+
+-- Wakes idle workers of a queue, only when one is registered: NOTIFY serialises commits, so the
+-- hot enqueue path must not pay for it while every worker is busy.
+CREATE FUNCTION hydra._wake_workers(p_queue text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- Reads the idle-worker list; sends one notification per queue per transaction at most.
+    IF EXISTS (SELECT 1 FROM hydra.waiting_worker w WHERE w.queue = p_queue) THEN
+        PERFORM pg_catalog.pg_notify('hydra_enqueue', p_queue);
+    END IF;
+END
+$$;
+
+-- The set-based core of enqueue and enqueue_many. Arrays are aligned (one element per
+-- message, ord = position); depends_on is flattened into (p_dep_ords[i] -> p_dep_parents[i]).
+CREATE FUNCTION hydra._enqueue_rows(
+    p_queue               text,
+    p_payloads            jsonb[],
+    p_channels            text[],
+    p_priorities          integer[],
+    p_names               text[],
+    p_num_attempts        integer[],
+    p_lock_secs           numeric[],
+    p_lock_secs_factor    numeric[],
+    p_delay_secs          numeric[],
+    p_cascade_failure     boolean[],
+    p_max_processing_secs numeric[],
+    p_dep_ords            integer[],
+    p_dep_parents         bigint[]
+)
+RETURNS SETOF hydra.enqueue_many_result
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_count          integer := coalesce(array_length(p_payloads, 1), 0);
+    v_ids            bigint[];
+    v_parent_ids     bigint[] := '{}';
+    v_parent_states  text[] := '{}';
+    v_inserted       bigint[];
+    v_dropped        bigint[];
+    v_any_ready      boolean;
+    v_missing        bigint;
+    v_tries          integer := 0;
+    v_pending_ords   integer[];
+BEGIN
+    -- Validates everything, then inserts all rows in one statement; returns one row per message.
+    PERFORM hydra._check_name('queue', p_queue, false);
+    PERFORM hydra._check_message_options(p_payloads, p_channels, p_priorities, p_names,
+        p_num_attempts, p_lock_secs, p_lock_secs_factor, p_delay_secs, p_cascade_failure,
+        p_max_processing_secs);
+    IF v_count = 0 THEN
+        RETURN;
+    END IF;
+
+    IF coalesce(array_length(p_dep_parents, 1), 0) > 0 THEN
+        IF array_position(p_dep_parents, NULL) IS NOT NULL THEN
+            PERFORM hydra._invalid('depends_on', 'must not contain NULL');
+        END IF;
+        IF EXISTS (SELECT 1 FROM unnest(p_dep_ords, p_dep_parents) d(o, p)
+                    GROUP BY d.o, d.p HAVING count(*) > 1) THEN
+            PERFORM hydra._invalid('depends_on', 'must not contain the same id twice');
+        END IF;
+        -- Unfinished parents are key-share locked (ascending id, the global lock order) so
+        -- that their deletion waits for this edge; a missing id that the sequence issued has
+        -- finished successfully and been deleted.
+        SELECT coalesce(array_agg(p.id ORDER BY p.id), '{}'),
+               coalesce(array_agg(p.state ORDER BY p.id), '{}')
+          INTO v_parent_ids, v_parent_states
+          FROM (SELECT m.id, m.state FROM hydra.message m
+                 WHERE m.id = ANY (p_dep_parents)
+                 ORDER BY m.id FOR KEY SHARE) p;
+        SELECT min(d.p) INTO v_missing
+          FROM unnest(p_dep_parents) d(p)
+         WHERE d.p <> ALL (v_parent_ids)
+           AND (d.p <= 0 OR d.p > (SELECT s.last_value FROM hydra.message_id_seq s));
+        IF v_missing IS NOT NULL THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('depends_on: unknown message id %s', v_missing);
+        END IF;
+    END IF;
+
+    v_ids := ARRAY(SELECT pg_catalog.nextval('hydra.message_id_seq')
+                     FROM generate_series(1, v_count));
+    v_pending_ords := ARRAY(SELECT generate_series(1, v_count));
+
+    LOOP
+        v_tries := v_tries + 1;
+        WITH input AS (
+            SELECT o.ord::integer AS ord, v_ids[o.ord] AS id, o.payload,
+                   coalesce(o.channel, '') AS channel,
+                   coalesce(o.priority, -2147483648) AS prio, o.name, o.num_attempts,
+                   o.lock_secs, o.factor, o.delay, o.cascade, o.max_processing
+              FROM unnest(p_payloads, p_channels, p_priorities, p_names, p_num_attempts,
+                          p_lock_secs, p_lock_secs_factor, p_delay_secs, p_cascade_failure,
+                          p_max_processing_secs)
+                   WITH ORDINALITY AS o(payload, channel, priority, name, num_attempts,
+                                        lock_secs, factor, delay, cascade, max_processing, ord)
+             WHERE o.ord = ANY (v_pending_ords)
+        ), deps AS (
+            SELECT d.ord,
+                   count(*) FILTER (WHERE ps.state IS NOT NULL AND ps.state <> 'failed')
+                       AS unresolved,
+                   array_agg(d.parent ORDER BY d.parent) FILTER (WHERE ps.state = 'failed')
+                       AS failed
+              FROM unnest(p_dep_ords, p_dep_parents) AS d(ord, parent)
+              LEFT JOIN unnest(v_parent_ids, v_parent_states) AS ps(id, state)
+                ON ps.id = d.parent
+             GROUP BY d.ord
+        ), sized AS (
+            SELECT l.channel, l.max_size,
+                   (SELECT count(*) FROM (SELECT 1 FROM hydra.message m
+                                           WHERE m.queue = p_queue AND m.channel = l.channel
+                                             AND m.state IN ('ready', 'parked', 'processing',
+                                                             'locked')
+                                           LIMIT l.max_size) live) AS live
+              FROM hydra.channel_limit l
+             WHERE l.queue = p_queue AND l.max_size IS NOT NULL
+               AND l.channel IN (SELECT i.channel FROM input i)
+        ), decided AS (
+            SELECT i.*, d.failed,
+                   coalesce(d.unresolved, 0) AS unresolved,
+                   CASE WHEN i.cascade AND d.failed IS NOT NULL THEN 'unmet'
+                        WHEN s.live >= s.max_size THEN 'dropped'
+                        WHEN coalesce(d.unresolved, 0) > 0 OR i.delay > 0
+                             OR s.max_size IS NOT NULL THEN 'pending'
+                        ELSE 'ready' END AS fate
+              FROM input i
+              LEFT JOIN deps d ON d.ord = i.ord
+              LEFT JOIN sized s ON s.channel = i.channel
+        ), bases AS (
+            SELECT g.channel, g.prio, hydra._next_vtime(p_queue, g.channel, g.prio) AS base
+              FROM (SELECT DISTINCT x.channel, x.prio FROM decided x WHERE x.fate = 'ready') g
+        ), ins AS (
+            INSERT INTO hydra.message AS m (id, queue, channel, state, prio, vtime,
+                num_attempts, deps_left, cascade_failure, lock_secs, lock_secs_factor,
+                max_processing_secs, available_at, finished_at, name, last_error,
+                failed_parents, payload)
+            SELECT x.id, p_queue, x.channel,
+                   CASE x.fate WHEN 'unmet' THEN 'failed' WHEN 'dropped' THEN 'failed'
+                               ELSE x.fate END,
+                   x.prio,
+                   CASE WHEN x.fate = 'ready'
+                        THEN b.base + row_number() OVER (PARTITION BY x.channel, x.prio,
+                                                         x.fate = 'ready' ORDER BY x.ord) - 1
+                        ELSE 0 END,
+                   x.num_attempts, x.unresolved, x.cascade, x.lock_secs, x.factor,
+                   x.max_processing,
+                   CASE WHEN x.fate = 'pending'
+                        THEN now() + make_interval(secs => x.delay::double precision) END,
+                   CASE WHEN x.fate IN ('unmet', 'dropped') THEN now() END,
+                   x.name,
+                   CASE x.fate WHEN 'unmet' THEN 'dependencies unmet'
+                               WHEN 'dropped' THEN 'dropped: channel is full' END,
+                   x.failed, x.payload
+              FROM decided x
+              LEFT JOIN bases b ON b.channel = x.channel AND b.prio = x.prio
+             ORDER BY x.ord
+            ON CONFLICT (queue, name)
+               WHERE name IS NOT NULL AND attempt = 0 AND state IN ('pending', 'ready', 'parked')
+               DO NOTHING
+            RETURNING m.id, m.state, m.last_error
+        )
+        SELECT coalesce(array_agg(ins.id), '{}'),
+               coalesce(array_agg(ins.id) FILTER (WHERE ins.last_error LIKE 'dropped%'), '{}'),
+               coalesce(bool_or(ins.state = 'ready'), false)
+          INTO v_inserted, v_dropped, v_any_ready
+          FROM ins;
+
+        IF v_inserted <> '{}' AND coalesce(array_length(p_dep_parents, 1), 0) > 0 THEN
+            INSERT INTO hydra.dependency (child_id, parent_id, resolved, parent_succeeded)
+            SELECT v_ids[d.ord], d.parent, ps.state IS NULL OR ps.state = 'failed',
+                   CASE WHEN ps.state IS NULL THEN true
+                        WHEN ps.state = 'failed' THEN false END
+              FROM unnest(p_dep_ords, p_dep_parents) AS d(ord, parent)
+              LEFT JOIN unnest(v_parent_ids, v_parent_states) AS ps(id, state)
+                ON ps.id = d.parent
+             WHERE v_ids[d.ord] = ANY (v_inserted);
+        END IF;
+        IF v_any_ready THEN
+            PERFORM hydra._wake_workers(p_queue);
+        END IF;
+
+        RETURN QUERY
+            SELECT o.ord,
+                   CASE WHEN v_ids[o.ord] = ANY (v_dropped) THEN 'dropped' ELSE 'enqueued' END,
+                   v_ids[o.ord]
+              FROM unnest(v_pending_ords) o(ord)
+             WHERE v_ids[o.ord] = ANY (v_inserted);
+
+        -- Rows that met a de-duplication name report the existing message; if that one was
+        -- dequeued meanwhile (it no longer blocks the name), they are inserted on the next turn.
+        v_pending_ords := ARRAY(SELECT o.ord FROM unnest(v_pending_ords) o(ord)
+                                 WHERE v_ids[o.ord] <> ALL (v_inserted));
+        EXIT WHEN v_pending_ords = '{}';
+        RETURN QUERY
+            SELECT o.ord, 'deduplicated'::text, e.id
+              FROM unnest(v_pending_ords) o(ord)
+              JOIN hydra.message e
+                ON e.queue = p_queue AND e.name = p_names[o.ord] AND e.attempt = 0
+               AND e.state IN ('pending', 'ready', 'parked');
+        v_pending_ords := ARRAY(
+            SELECT o.ord FROM unnest(v_pending_ords) o(ord)
+             WHERE NOT EXISTS (SELECT 1 FROM hydra.message e
+                                WHERE e.queue = p_queue AND e.name = p_names[o.ord]
+                                  AND e.attempt = 0
+                                  AND e.state IN ('pending', 'ready', 'parked')));
+        EXIT WHEN v_pending_ords = '{}';
+        IF v_tries >= 5 THEN
+            RAISE EXCEPTION USING ERRCODE = '40001',
+                MESSAGE = 'enqueue: de-duplication name kept changing hands; retry';
+        END IF;
+    END LOOP;
+END
+$$;
+
+CREATE FUNCTION hydra.enqueue(
+    payload             jsonb,
+    queue               text     DEFAULT 'default',
+    channel             text     DEFAULT NULL,
+    priority            integer  DEFAULT NULL,
+    name                text     DEFAULT NULL,
+    num_attempts        integer  DEFAULT 1,
+    lock_secs           numeric  DEFAULT 5,
+    lock_secs_factor    numeric  DEFAULT 2,
+    delay_secs          numeric  DEFAULT 0,
+    depends_on          bigint[] DEFAULT NULL,
+    cascade_failure     boolean  DEFAULT true,
+    max_processing_secs numeric  DEFAULT 3600
+)
+RETURNS hydra.enqueue_result
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_row hydra.enqueue_many_result;
+BEGIN
+    -- Contract: inserts one message row (and its edges) or none; see _enqueue_rows for locks.
+    SELECT r.* INTO v_row
+      FROM hydra._enqueue_rows(enqueue.queue, ARRAY[enqueue.payload], ARRAY[enqueue.channel],
+               ARRAY[enqueue.priority], ARRAY[enqueue.name], ARRAY[enqueue.num_attempts],
+               ARRAY[enqueue.lock_secs], ARRAY[enqueue.lock_secs_factor],
+               ARRAY[enqueue.delay_secs], ARRAY[enqueue.cascade_failure],
+               ARRAY[enqueue.max_processing_secs],
+               array_fill(1, ARRAY[coalesce(array_length(enqueue.depends_on, 1), 0)]),
+               coalesce(enqueue.depends_on, '{}')) r;
+    RETURN ROW(v_row.result, v_row.message_id)::hydra.enqueue_result;
+END
+$$;
+
+COMMENT ON FUNCTION hydra.enqueue(jsonb, text, text, integer, text, integer, numeric, numeric,
+                                  numeric, bigint[], boolean, numeric) IS
+'Stores one message inside the caller''s transaction. Returns (result, message_id): result is
+''enqueued'', ''deduplicated'' (a never-dequeued message with this name exists in the queue; its
+id is returned) or ''dropped'' (the channel is at max_size). Raises 22023 on bad input.';
+
+CREATE FUNCTION hydra.enqueue_many(
+    messages            jsonb,
+    queue               text     DEFAULT 'default',
+    channel             text     DEFAULT NULL,
+    priority            integer  DEFAULT NULL,
+    name                text     DEFAULT NULL,
+    num_attempts        integer  DEFAULT 1,
+    lock_secs           numeric  DEFAULT 5,
+    lock_secs_factor    numeric  DEFAULT 2,
+    delay_secs          numeric  DEFAULT 0,
+    depends_on          bigint[] DEFAULT NULL,
+    cascade_failure     boolean  DEFAULT true,
+    max_processing_secs numeric  DEFAULT 3600
+)
+RETURNS SETOF hydra.enqueue_many_result
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_bad   text;
+BEGIN
+    -- Unpacks the JSON array (a key present in an element overrides the call's default).
+    IF messages IS NULL OR jsonb_typeof(messages) <> 'array' THEN
+        PERFORM hydra._invalid('messages', 'must be a JSON array of objects');
+    END IF;
+    SELECT format('messages[%s]: %s', e.ord,
+                  CASE WHEN jsonb_typeof(e.elem) <> 'object' THEN 'must be an object'
+                       ELSE 'has no "payload" key' END)
+      INTO v_bad
+      FROM jsonb_array_elements(messages) WITH ORDINALITY e(elem, ord)
+     WHERE jsonb_typeof(e.elem) <> 'object' OR NOT e.elem ? 'payload'
+     LIMIT 1;
+    IF v_bad IS NULL THEN
+        SELECT format('messages[%s]: unknown key "%s"', e.ord, k.key)
+          INTO v_bad
+          FROM jsonb_array_elements(messages) WITH ORDINALITY e(elem, ord),
+               jsonb_object_keys(e.elem) k(key)
+         WHERE k.key NOT IN ('payload', 'channel', 'priority', 'name', 'num_attempts',
+                             'lock_secs', 'lock_secs_factor', 'delay_secs', 'depends_on',
+                             'cascade_failure', 'max_processing_secs')
+         LIMIT 1;
+    END IF;
+    IF v_bad IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = v_bad;
+    END IF;
+
+    RETURN QUERY
+    WITH elems AS (
+        SELECT e.ord::integer AS ord, e.elem, x.*
+          FROM jsonb_array_elements(messages) WITH ORDINALITY e(elem, ord),
+               jsonb_to_record(e.elem) AS x(payload jsonb, channel text, priority integer,
+                   name text, num_attempts integer, lock_secs numeric,
+                   lock_secs_factor numeric, delay_secs numeric, depends_on bigint[],
+                   cascade_failure boolean, max_processing_secs numeric)
+    ), deps AS (
+        SELECT el.ord, d.parent
+          FROM elems el,
+               unnest(CASE WHEN el.elem ? 'depends_on' THEN el.depends_on
+                           ELSE enqueue_many.depends_on END) AS d(parent)
+    )
+    SELECT r.*
+      FROM hydra._enqueue_rows(
+               enqueue_many.queue,
+               ARRAY(SELECT el.payload FROM elems el ORDER BY el.ord),
+               ARRAY(SELECT CASE WHEN el.elem ? 'channel' THEN el.channel
+                                 ELSE enqueue_many.channel END FROM elems el ORDER BY el.ord),
+               ARRAY(SELECT CASE WHEN el.elem ? 'priority' THEN el.priority
+                                 ELSE enqueue_many.priority END FROM elems el ORDER BY el.ord),
+               ARRAY(SELECT CASE WHEN el.elem ? 'name' THEN el.name
+                                 ELSE enqueue_many.name END FROM elems el ORDER BY el.ord),
+               ARRAY(SELECT coalesce(el.num_attempts, enqueue_many.num_attempts)
+                       FROM elems el ORDER BY el.ord),
+               ARRAY(SELECT coalesce(el.lock_secs, enqueue_many.lock_secs)
+                       FROM elems el ORDER BY el.ord),
+               ARRAY(SELECT coalesce(el.lock_secs_factor, enqueue_many.lock_secs_factor)
+                       FROM elems el ORDER BY el.ord),
+               ARRAY(SELECT coalesce(el.delay_secs, enqueue_many.delay_secs)
+                       FROM elems el ORDER BY el.ord),
+               ARRAY(SELECT coalesce(el.cascade_failure, enqueue_many.cascade_failure)
+                       FROM elems el ORDER BY el.ord),
+               ARRAY(SELECT coalesce(el.max_processing_secs, enqueue_many.max_processing_secs)
+                       FROM elems el ORDER BY el.ord),
+               ARRAY(SELECT d.ord FROM deps d ORDER BY d.ord, d.parent),
+               ARRAY(SELECT d.parent FROM deps d ORDER BY d.ord, d.parent)) r
+     ORDER BY r.ord;
+END
+$$;
+
+COMMENT ON FUNCTION hydra.enqueue_many(jsonb, text, text, integer, text, integer, numeric,
+                                       numeric, numeric, bigint[], boolean, numeric) IS
+'Stores many messages in one call. messages is a JSON array of objects with "payload" and any
+of the options of hydra.enqueue ("channel", "priority", "name", "num_attempts", "lock_secs",
+"lock_secs_factor", "delay_secs", "depends_on", "cascade_failure", "max_processing_secs"); a
+key present overrides the default given to this call. Returns (ord, result, message_id) per
+element, ord being its 1-based position.';

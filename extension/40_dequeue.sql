@@ -1,0 +1,188 @@
+-- Dequeue: leases ready messages in the fair order (priority, then virtual time, then id).
+-- Locks: ready message rows with FOR NO KEY UPDATE SKIP LOCKED (never waits on a message; does
+-- not conflict with a producer's FOR KEY SHARE on a parent), then, only for channels with a
+-- concurrency cap, their hydra.channel_limit rows in (queue, channel) order.
+-- States: ready -> processing; ready -> parked when the channel is at its cap.
+
+-- The row shape returned to workers.
+CREATE FUNCTION hydra._leased(m hydra.message)
+RETURNS hydra.leased_message
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+RETURN ROW(m.id, m.queue, NULLIF(m.channel, ''), m.payload, NULLIF(m.prio, -2147483648),
+           m.name, m.attempt, m.num_attempts, m.lease_token, m.lease_expires_at,
+           m.enqueued_at, coalesce(m.failed_parents, '{}'))::hydra.leased_message;
+
+-- A queue none of whose channels is capped: one ordered index scan and one update.
+CREATE FUNCTION hydra._dequeue_uncapped(p_queue text, p_batch integer)
+RETURNS SETOF hydra.leased_message
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- Leases up to p_batch ready messages of p_queue, returned in the fair order.
+    RETURN QUERY
+    WITH leased AS (
+        UPDATE hydra.message m
+           SET state = 'processing',
+               attempt = m.attempt + 1,
+               lease_token = gen_random_uuid(),
+               lease_expires_at = now() + make_interval(secs => m.max_processing_secs::float8)
+         WHERE m.id = ANY (ARRAY(
+                   SELECT c.id FROM hydra.message c
+                    WHERE c.queue = p_queue AND c.state = 'ready'
+                    ORDER BY c.prio DESC, c.vtime, c.id
+                    LIMIT p_batch
+                      FOR NO KEY UPDATE SKIP LOCKED))
+           AND m.state = 'ready'
+        RETURNING m.*
+    )
+    SELECT (hydra._leased(l)).* FROM leased l ORDER BY l.prio DESC, l.vtime, l.id;
+END
+$$;
+
+-- A queue with capped channels: admits up to each cap, parks the excess out of the ready
+-- order (a slot release moves it back), and tries again while the batch is not full.
+CREATE FUNCTION hydra._dequeue_capped(p_queue text, p_batch integer)
+RETURNS SETOF hydra.leased_message
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_left     integer := p_batch;
+    v_turn     integer := 0;
+    v_ids      bigint[];
+    v_channels text[];
+    v_holds    boolean[];
+    v_lchan    text[];
+    v_lmax     integer[];
+    v_lin      integer[];
+    v_got      integer;
+BEGIN
+    -- Lock order: candidates (SKIP LOCKED), then limit rows sorted by channel.
+    LOOP
+        v_turn := v_turn + 1;
+        SELECT array_agg(c.id ORDER BY c.prio DESC, c.vtime, c.id),
+               array_agg(c.channel ORDER BY c.prio DESC, c.vtime, c.id),
+               array_agg(c.holds_slot ORDER BY c.prio DESC, c.vtime, c.id)
+          INTO v_ids, v_channels, v_holds
+          FROM (SELECT m.id, m.channel, m.holds_slot, m.prio, m.vtime
+                  FROM hydra.message m
+                 WHERE m.queue = p_queue AND m.state = 'ready'
+                 ORDER BY m.prio DESC, m.vtime, m.id
+                 LIMIT v_left
+                   FOR NO KEY UPDATE SKIP LOCKED) c;
+        EXIT WHEN v_ids IS NULL;
+
+        SELECT coalesce(array_agg(l.channel ORDER BY l.channel), '{}'),
+               coalesce(array_agg(l.max_concurrency ORDER BY l.channel), '{}'),
+               coalesce(array_agg(l.in_flight ORDER BY l.channel), '{}')
+          INTO v_lchan, v_lmax, v_lin
+          FROM (SELECT cl.channel, cl.max_concurrency, cl.in_flight
+                  FROM hydra.channel_limit cl
+                 WHERE cl.queue = p_queue AND cl.max_concurrency IS NOT NULL
+                   AND cl.channel = ANY (ARRAY(SELECT u.c FROM unnest(v_channels, v_holds) u(c, h)
+                                               WHERE NOT u.h))
+                 ORDER BY cl.channel
+                   FOR NO KEY UPDATE) l;
+
+        RETURN QUERY
+        WITH cand AS (
+            SELECT u.id, u.channel, u.holds, u.ord
+              FROM unnest(v_ids, v_channels, v_holds) WITH ORDINALITY u(id, channel, holds, ord)
+        ), lim AS (
+            SELECT u.channel, u.maxc, u.inflight
+              FROM unnest(v_lchan, v_lmax, v_lin) u(channel, maxc, inflight)
+        ), decided AS (
+            SELECT c.id, c.channel, c.holds,
+                   (l.channel IS NOT NULL AND NOT c.holds) AS takes_slot,
+                   CASE WHEN l.channel IS NULL OR c.holds THEN true
+                        ELSE row_number() OVER (PARTITION BY c.channel,
+                                                (l.channel IS NOT NULL AND NOT c.holds)
+                                                ORDER BY c.ord)
+                             <= l.maxc - l.inflight
+                   END AS admit
+              FROM cand c LEFT JOIN lim l ON l.channel = c.channel
+        ), slots AS (
+            UPDATE hydra.channel_limit cl
+               SET in_flight = cl.in_flight + s.n
+              FROM (SELECT d.channel, count(*)::integer AS n FROM decided d
+                     WHERE d.admit AND d.takes_slot GROUP BY d.channel) s
+             WHERE cl.queue = p_queue AND cl.channel = s.channel
+        ), parked AS (
+            UPDATE hydra.message m
+               SET state = 'parked'
+             WHERE m.id = ANY (ARRAY(SELECT d.id FROM decided d WHERE NOT d.admit))
+        ), leased AS (
+            UPDATE hydra.message m
+               SET state = 'processing',
+                   attempt = m.attempt + 1,
+                   holds_slot = m.holds_slot OR d.takes_slot,
+                   lease_token = gen_random_uuid(),
+                   lease_expires_at = now() + make_interval(secs => m.max_processing_secs::float8)
+              FROM decided d
+             WHERE m.id = d.id AND d.admit
+            RETURNING m.*
+        )
+        SELECT (hydra._leased(l)).* FROM leased l ORDER BY l.prio DESC, l.vtime, l.id;
+
+        GET DIAGNOSTICS v_got = ROW_COUNT;
+        v_left := v_left - v_got;
+        -- Stop when full, when the ready order ran dry, or after a few parking rounds.
+        EXIT WHEN v_left <= 0 OR array_length(v_ids, 1) = v_got
+               OR array_length(v_ids, 1) < v_left + v_got OR v_turn >= 4;
+    END LOOP;
+END
+$$;
+
+CREATE FUNCTION hydra.dequeue(
+    queue  text    DEFAULT 'default',
+    batch  integer DEFAULT 1,
+    queues text[]  DEFAULT NULL
+)
+RETURNS SETOF hydra.leased_message
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_queues text[] := coalesce(dequeue.queues, ARRAY[dequeue.queue]);
+    v_left   integer := dequeue.batch;
+    v_start  integer;
+    v_n      integer;
+    v_q      text;
+    v_got    integer;
+BEGIN
+    -- Contract: see the file header. With several queues, each call starts at a random one
+    -- so that no queue starves the others; within a queue the order is the fair order.
+    IF v_left IS NULL OR v_left < 1 OR v_left > 10000 THEN
+        PERFORM hydra._invalid('batch', 'must be between 1 and 10000');
+    END IF;
+    v_n := coalesce(array_length(v_queues, 1), 0);
+    IF v_n = 0 THEN
+        PERFORM hydra._invalid('queues', 'must name at least one queue');
+    END IF;
+    FOR v_i IN 1 .. v_n LOOP
+        PERFORM hydra._check_name('queue', v_queues[v_i], false);
+    END LOOP;
+
+    v_start := CASE WHEN v_n = 1 THEN 0 ELSE floor(random() * v_n)::integer END;
+    FOR v_i IN 0 .. v_n - 1 LOOP
+        v_q := v_queues[(v_start + v_i) % v_n + 1];
+        IF EXISTS (SELECT 1 FROM hydra.channel_limit l
+                    WHERE l.queue = v_q AND l.max_concurrency IS NOT NULL) THEN
+            RETURN QUERY SELECT * FROM hydra._dequeue_capped(v_q, v_left);
+        ELSE
+            RETURN QUERY SELECT * FROM hydra._dequeue_uncapped(v_q, v_left);
+        END IF;
+        GET DIAGNOSTICS v_got = ROW_COUNT;
+        v_left := v_left - v_got;
+        EXIT WHEN v_left <= 0;
+    END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION hydra.dequeue(text, integer, text[]) IS
+'Leases up to batch ready messages of queue (or of queues, when given) in the fair order:
+higher priority first, then round robin across channels, then FIFO. Each row carries a
+lease_token that hydra.complete / hydra.fail / hydra.heartbeat must present, and
+lease_expires_at (now + max_processing_secs). Never waits on a lock held by another worker.';

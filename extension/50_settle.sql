@@ -1,0 +1,282 @@
+-- Settling leased messages: complete, fail (retry with back-off, or finish), heartbeat, and the
+-- concurrency-slot release they share with lease expiry.
+-- Locks: the caller's own leased rows in ascending id order (waiting), then channel_limit rows
+-- in (queue, channel) order (waiting), then parked rows with SKIP LOCKED.
+-- States: processing -> deleted (success) | locked (retry) | failed.
+
+-- Gives back the concurrency slots held by finished or retried messages. One array element
+-- per released slot. A parked message of the channel takes the slot over (it becomes ready
+-- with the slot reserved), so a saturated channel keeps flowing without a dequeuer parking
+-- and admitting it again.
+CREATE FUNCTION hydra._release_slots(p_queues text[], p_channels text[])
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_group    record;
+    v_limit    hydra.channel_limit;
+    v_unparked integer;
+BEGIN
+    -- Limit rows are taken one at a time in (queue, channel) order: the global lock order.
+    FOR v_group IN
+        SELECT r.q, r.c, count(*)::integer AS n
+          FROM unnest(p_queues, p_channels) r(q, c)
+         GROUP BY r.q, r.c
+         ORDER BY r.q, r.c
+    LOOP
+        SELECT * INTO v_limit FROM hydra.channel_limit l
+         WHERE l.queue = v_group.q AND l.channel = v_group.c
+           FOR NO KEY UPDATE;
+        CONTINUE WHEN NOT FOUND;
+        v_unparked := 0;
+        IF v_limit.max_concurrency IS NOT NULL THEN
+            WITH up AS (
+                UPDATE hydra.message m SET state = 'ready', holds_slot = true
+                 WHERE m.id = ANY (ARRAY(
+                           SELECT p.id FROM hydra.message p
+                            WHERE p.queue = v_group.q AND p.channel = v_group.c
+                              AND p.state = 'parked'
+                            ORDER BY p.prio DESC, p.vtime, p.id
+                            LIMIT greatest(v_limit.max_concurrency
+                                           - (v_limit.in_flight - v_group.n), 0)
+                              FOR NO KEY UPDATE SKIP LOCKED))
+                RETURNING 1
+            )
+            SELECT count(*) INTO v_unparked FROM up;
+        END IF;
+        UPDATE hydra.channel_limit l
+           SET in_flight = greatest(l.in_flight - v_group.n + v_unparked, 0)
+         WHERE l.queue = v_group.q AND l.channel = v_group.c;
+        IF v_unparked > 0 THEN
+            PERFORM hydra._wake_workers(v_group.q);
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- Records, for finished messages that have waiting children, the outcome coordinate() will
+-- hand down to them.
+CREATE FUNCTION hydra._record_outcomes(p_ids bigint[], p_succeeded boolean)
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    INSERT INTO hydra.parent_outcome (parent_id, succeeded)
+    SELECT f.id, p_succeeded
+      FROM unnest(p_ids) f(id)
+     WHERE EXISTS (SELECT 1 FROM hydra.dependency d WHERE d.parent_id = f.id AND NOT d.resolved)
+    ON CONFLICT (parent_id) DO NOTHING;
+END;
+
+CREATE FUNCTION hydra.complete_many(message_ids bigint[], lease_tokens uuid[])
+RETURNS SETOF bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_done     bigint[];
+    v_queues   text[];
+    v_channels text[];
+BEGIN
+    -- Deletes the messages whose lease is still held (token matches), then releases their
+    -- slots and tells waiting children. Stale or unknown ids are ignored (not returned).
+    IF message_ids IS NULL OR lease_tokens IS NULL
+       OR cardinality(message_ids) <> cardinality(lease_tokens) THEN
+        PERFORM hydra._invalid('message_ids, lease_tokens',
+                               'must be two arrays of the same length');
+    END IF;
+    WITH gone AS (
+        DELETE FROM hydra.message m
+         WHERE m.id = ANY (message_ids)
+           AND m.state = 'processing'
+           AND m.lease_token = lease_tokens[array_position(message_ids, m.id)]
+        RETURNING m.id, m.queue, m.channel, m.holds_slot
+    )
+    SELECT coalesce(array_agg(g.id ORDER BY g.id), '{}'),
+           array_agg(g.queue) FILTER (WHERE g.holds_slot),
+           array_agg(g.channel) FILTER (WHERE g.holds_slot)
+      INTO v_done, v_queues, v_channels
+      FROM gone g;
+    IF v_done = '{}' THEN
+        RETURN;
+    END IF;
+    -- Edges where these messages were the child are no longer needed.
+    DELETE FROM hydra.dependency d WHERE d.child_id = ANY (v_done);
+    PERFORM hydra._record_outcomes(v_done, true);
+    IF v_queues IS NOT NULL THEN
+        PERFORM hydra._release_slots(v_queues, v_channels);
+    END IF;
+    RETURN QUERY SELECT unnest(v_done);
+END
+$$;
+
+COMMENT ON FUNCTION hydra.complete_many(bigint[], uuid[]) IS
+'Marks leased messages as succeeded (they are deleted) and returns the ids completed. An id
+whose lease expired or was handed to another worker (token mismatch) is skipped.';
+
+CREATE FUNCTION hydra.complete(message_id bigint, lease_token uuid)
+RETURNS boolean
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+RETURN EXISTS (SELECT 1 FROM hydra.complete_many(ARRAY[message_id], ARRAY[lease_token]));
+
+COMMENT ON FUNCTION hydra.complete(bigint, uuid) IS
+'Marks one leased message as succeeded. Returns false when the lease is no longer held.';
+
+-- Moves locked-by-caller processing messages to locked (retry after back-off) or failed.
+-- Shared by fail_many and lease expiry; the caller has locked the rows FOR UPDATE, which waits
+-- for producers attaching children (FOR KEY SHARE) so that every edge is seen.
+CREATE FUNCTION hydra._settle_failures(p_ids bigint[], p_errors text[], p_retry boolean[])
+RETURNS SETOF hydra.fail_result
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_failed   bigint[];
+    v_queues   text[];
+    v_channels text[];
+BEGIN
+    -- Decides retry vs finish per message; releases slots; records outcomes of finished ones.
+    WITH input AS (
+        SELECT u.id, u.err, coalesce(u.retry, true) AS retry
+          FROM unnest(p_ids, p_errors, p_retry) u(id, err, retry)
+    ), old AS (
+        SELECT m.id, m.queue, m.channel, m.holds_slot
+          FROM hydra.message m WHERE m.id = ANY (p_ids) AND m.state = 'processing'
+    ), upd AS (
+        UPDATE hydra.message m
+           SET state = CASE WHEN i.retry AND m.attempt < m.num_attempts
+                            THEN 'locked' ELSE 'failed' END,
+               available_at = CASE WHEN i.retry AND m.attempt < m.num_attempts
+                                   THEN now() + hydra._backoff(m.lock_secs, m.lock_secs_factor,
+                                                               m.attempt) END,
+               finished_at = CASE WHEN i.retry AND m.attempt < m.num_attempts
+                                  THEN NULL ELSE now() END,
+               last_error = i.err,
+               lease_token = NULL,
+               lease_expires_at = NULL,
+               holds_slot = false
+          FROM input i
+         WHERE m.id = i.id AND m.state = 'processing'
+        RETURNING m.id, m.state, m.attempt, m.available_at
+    )
+    SELECT coalesce(array_agg(u.id) FILTER (WHERE u.state = 'failed'), '{}'),
+           array_agg(o.queue) FILTER (WHERE o.holds_slot),
+           array_agg(o.channel) FILTER (WHERE o.holds_slot)
+      INTO v_failed, v_queues, v_channels
+      FROM upd u JOIN old o ON o.id = u.id;
+    IF v_failed <> '{}' THEN
+        PERFORM hydra._record_outcomes(v_failed, false);
+    END IF;
+    IF v_queues IS NOT NULL THEN
+        PERFORM hydra._release_slots(v_queues, v_channels);
+    END IF;
+    RETURN QUERY
+        SELECT m.id, m.state, m.attempt, m.available_at
+          FROM hydra.message m
+         WHERE m.id = ANY (p_ids) AND m.state IN ('locked', 'failed')
+         ORDER BY m.id;
+END
+$$;
+
+CREATE FUNCTION hydra.fail_many(
+    message_ids  bigint[],
+    lease_tokens uuid[],
+    errors       text[]    DEFAULT NULL,
+    retry        boolean   DEFAULT true,
+    retries      boolean[] DEFAULT NULL
+)
+RETURNS SETOF hydra.fail_result
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_held bigint[];
+BEGIN
+    -- Contract: waits for the caller's own rows (ascending id), then as _settle_failures.
+    -- retries, when given, overrides retry per message. Stale ids come back as 'stale'.
+    IF message_ids IS NULL OR lease_tokens IS NULL
+       OR cardinality(message_ids) <> cardinality(lease_tokens) THEN
+        PERFORM hydra._invalid('message_ids, lease_tokens',
+                               'must be two arrays of the same length');
+    END IF;
+    IF errors IS NOT NULL AND cardinality(errors) <> cardinality(message_ids) THEN
+        PERFORM hydra._invalid('errors', 'must have one element per message id');
+    END IF;
+    IF retries IS NOT NULL AND cardinality(retries) <> cardinality(message_ids) THEN
+        PERFORM hydra._invalid('retries', 'must have one element per message id');
+    END IF;
+    IF retry IS NULL THEN
+        PERFORM hydra._invalid('retry', 'must not be NULL');
+    END IF;
+    v_held := ARRAY(
+        SELECT m.id FROM hydra.message m
+         WHERE m.id = ANY (message_ids)
+           AND m.state = 'processing'
+           AND m.lease_token = lease_tokens[array_position(message_ids, m.id)]
+         ORDER BY m.id
+           FOR UPDATE);
+    RETURN QUERY
+        SELECT * FROM hydra._settle_failures(
+            v_held,
+            ARRAY(SELECT errors[array_position(message_ids, h)] FROM unnest(v_held) h),
+            ARRAY(SELECT coalesce(retries[array_position(message_ids, h)], fail_many.retry)
+                    FROM unnest(v_held) h));
+    RETURN QUERY
+        SELECT s.id, 'stale'::text, NULL::integer, NULL::timestamptz
+          FROM unnest(message_ids) s(id)
+         WHERE s.id <> ALL (v_held);
+END
+$$;
+
+COMMENT ON FUNCTION hydra.fail_many(bigint[], uuid[], text[], boolean, boolean[]) IS
+'Reports failed attempts. With retry (default) and attempts left a message is locked for
+lock_secs * lock_secs_factor^(attempt-1) seconds, then ready again; otherwise it is failed at
+once. Returns (message_id, outcome, attempt, available_at); outcome is locked, failed or stale
+(the lease is no longer held: nothing changed).';
+
+CREATE FUNCTION hydra.fail(
+    message_id  bigint,
+    lease_token uuid,
+    error       text    DEFAULT NULL,
+    retry       boolean DEFAULT true
+)
+RETURNS hydra.fail_result
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+RETURN (SELECT f FROM hydra.fail_many(ARRAY[message_id], ARRAY[lease_token], ARRAY[error], retry) f
+         LIMIT 1);
+
+COMMENT ON FUNCTION hydra.fail(bigint, uuid, text, boolean) IS
+'Reports one failed attempt; see hydra.fail_many.';
+
+CREATE FUNCTION hydra.heartbeat(
+    message_id  bigint,
+    lease_token uuid,
+    extend_secs numeric DEFAULT NULL
+)
+RETURNS timestamptz
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_deadline timestamptz;
+BEGIN
+    -- Pushes the lease deadline to now + extend_secs (default: max_processing_secs).
+    IF extend_secs IS NOT NULL AND (extend_secs <= 0 OR extend_secs > 315360000) THEN
+        PERFORM hydra._invalid('extend_secs', 'must be greater than 0 and at most 315360000');
+    END IF;
+    UPDATE hydra.message m
+       SET lease_expires_at = now() + make_interval(
+               secs => coalesce(extend_secs, m.max_processing_secs)::float8)
+     WHERE m.id = heartbeat.message_id AND m.state = 'processing'
+       AND m.lease_token = heartbeat.lease_token
+    RETURNING m.lease_expires_at INTO v_deadline;
+    RETURN v_deadline;
+END
+$$;
+
+COMMENT ON FUNCTION hydra.heartbeat(bigint, uuid, numeric) IS
+'Extends the lease of a message being processed. Returns the new deadline, or NULL when the
+lease is no longer held (expired and re-delivered, or settled).';

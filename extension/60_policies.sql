@@ -1,0 +1,139 @@
+-- Channel policies: max_concurrency (slots, enforced by dequeue) and max_size (admission,
+-- enforced when a pending message is released). Policies are transactional and take effect
+-- for every dequeue that starts after the change commits.
+-- Locks: when a channel becomes capped, its ready rows (FOR UPDATE, waiting for dequeuers that
+-- hold them) and processing rows, ascending id, before its limit row; otherwise the limit row,
+-- then parked rows with SKIP LOCKED. Run one policy change per transaction.
+
+-- Moves parked messages of a channel back to ready: up to p_limit of them (NULL: all), with a
+-- slot reserved when p_with_slot.
+CREATE FUNCTION hydra._unpark(p_queue text, p_channel text, p_limit integer, p_with_slot boolean)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_count integer;
+BEGIN
+    -- Best parked first (priority, then fair order), skipping rows others hold.
+    UPDATE hydra.message m SET state = 'ready', holds_slot = p_with_slot
+     WHERE m.id = ANY (ARRAY(
+               SELECT p.id FROM hydra.message p
+                WHERE p.queue = p_queue AND p.channel = p_channel AND p.state = 'parked'
+                ORDER BY p.prio DESC, p.vtime, p.id
+                LIMIT p_limit
+                  FOR NO KEY UPDATE SKIP LOCKED));
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    IF v_count > 0 THEN
+        PERFORM hydra._wake_workers(p_queue);
+    END IF;
+    RETURN v_count;
+END
+$$;
+
+CREATE FUNCTION hydra.channel_policy_set(
+    channel         text,
+    max_concurrency integer DEFAULT NULL,
+    max_size        integer DEFAULT NULL,
+    queue           text    DEFAULT 'default'
+)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+    v_channel  text := coalesce(channel_policy_set.channel, '');
+    v_queue    text := channel_policy_set.queue;
+    v_old      hydra.channel_limit;
+    v_inflight integer;
+BEGIN
+    -- Sets the whole policy of one channel (NULL = unlimited for that limit).
+    PERFORM hydra._check_name('queue', v_queue, false);
+    PERFORM hydra._check_name('channel', channel_policy_set.channel, true);
+    IF max_concurrency < 0 THEN
+        PERFORM hydra._invalid('max_concurrency', 'must be 0 or more (0 pauses the channel)');
+    END IF;
+    IF max_size < 0 THEN
+        PERFORM hydra._invalid('max_size', 'must be 0 or more');
+    END IF;
+
+    SELECT * INTO v_old FROM hydra.channel_limit l
+     WHERE l.queue = v_queue AND l.channel = v_channel;
+
+    IF max_concurrency IS NOT NULL AND v_old.max_concurrency IS NULL THEN
+        -- The channel becomes capped. Dequeues that started before this commits did not see
+        -- the cap: wait for those holding ready rows, then count what is processing.
+        PERFORM 1 FROM hydra.message m
+         WHERE m.queue = v_queue AND m.channel = v_channel AND m.state = 'ready'
+         ORDER BY m.id FOR UPDATE;
+        UPDATE hydra.message m SET holds_slot = false
+         WHERE m.queue = v_queue AND m.channel = v_channel AND m.state = 'ready'
+           AND m.holds_slot;
+        WITH marked AS (
+            UPDATE hydra.message m SET holds_slot = true
+             WHERE m.id = ANY (ARRAY(
+                       SELECT p.id FROM hydra.message p
+                        WHERE p.queue = v_queue AND p.channel = v_channel
+                          AND p.state = 'processing'
+                        ORDER BY p.id FOR NO KEY UPDATE))
+            RETURNING 1
+        )
+        SELECT count(*) INTO v_inflight FROM marked;
+    ELSE
+        v_inflight := coalesce(v_old.in_flight, 0);
+    END IF;
+
+    INSERT INTO hydra.channel_limit AS l (queue, channel, max_concurrency, max_size, in_flight)
+    VALUES (v_queue, v_channel, max_concurrency, max_size, v_inflight)
+    ON CONFLICT (queue, channel) DO UPDATE
+       SET max_concurrency = EXCLUDED.max_concurrency,
+           max_size = EXCLUDED.max_size,
+           in_flight = EXCLUDED.in_flight;
+
+    IF max_concurrency IS NULL THEN
+        PERFORM hydra._unpark(v_queue, v_channel, NULL, false);
+    ELSIF max_concurrency > v_inflight THEN
+        -- A raised cap: hand the new slots to parked messages at once.
+        UPDATE hydra.channel_limit l
+           SET in_flight = l.in_flight
+               + hydra._unpark(v_queue, v_channel, max_concurrency - v_inflight, true)
+         WHERE l.queue = v_queue AND l.channel = v_channel;
+    END IF;
+END
+$$;
+
+COMMENT ON FUNCTION hydra.channel_policy_set(text, integer, integer, text) IS
+'Sets the policy of a channel (NULL channel = the queue''s default channel): max_concurrency =
+at most n of its messages processing at once across all workers (0 pauses the channel);
+max_size = at most n admitted messages (ready + processing + locked); a message that would
+exceed it is dropped. NULL means unlimited. Replaces any previous policy of the channel.';
+
+CREATE FUNCTION hydra.channel_policy_clear(channel text, queue text DEFAULT 'default')
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+    v_channel text := coalesce(channel_policy_clear.channel, '');
+    v_queue   text := channel_policy_clear.queue;
+BEGIN
+    -- Removes the policy (unlimited again) and releases every parked message.
+    PERFORM hydra._check_name('queue', v_queue, false);
+    PERFORM hydra._check_name('channel', channel_policy_clear.channel, true);
+    DELETE FROM hydra.channel_limit l WHERE l.queue = v_queue AND l.channel = v_channel;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    PERFORM hydra._unpark(v_queue, v_channel, NULL, false);
+    RETURN true;
+END
+$$;
+
+COMMENT ON FUNCTION hydra.channel_policy_clear(text, text) IS
+'Removes the policy of a channel: it is unlimited again. Returns false if it had none.';
+
+CREATE VIEW hydra.channel_policies AS
+SELECT l.queue, NULLIF(l.channel, '') AS channel, l.max_concurrency, l.max_size, l.in_flight
+  FROM hydra.channel_limit l;

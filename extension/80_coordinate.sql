@@ -1,0 +1,371 @@
+-- Coordination: all time-driven work, in bounded steps, safe from any number of sessions at
+-- once. Every message row is taken with SKIP LOCKED; limit rows are waited for only while
+-- releasing the slots of expired leases (sorted, the global order) and otherwise skipped when
+-- busy, so a coordinator never waits in a cycle and one busy item never blocks the rest.
+
+CREATE FUNCTION hydra._event(p_event text, p_id bigint, p_queue text, p_channel text,
+                             p_detail jsonb DEFAULT '{}')
+RETURNS hydra.event
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+RETURN ROW(p_event, p_id, p_queue, NULLIF(p_channel, ''), p_detail)::hydra.event;
+
+-- Expired leases count as failed attempts: locked for back-off, or failed when none remain.
+CREATE FUNCTION hydra._expire_leases(p_batch integer)
+RETURNS SETOF hydra.event
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_ids bigint[];
+BEGIN
+    -- Takes expired leases with SKIP LOCKED (FOR UPDATE: waits for no one, and skips parents
+    -- a producer is attaching children to until that producer commits).
+    v_ids := ARRAY(SELECT m.id FROM hydra.message m
+                    WHERE m.state = 'processing' AND m.lease_expires_at < now()
+                    ORDER BY m.lease_expires_at
+                    LIMIT p_batch
+                      FOR UPDATE SKIP LOCKED);
+    IF v_ids = '{}' THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+    SELECT e.*
+      FROM hydra._settle_failures(v_ids, array_fill('lease expired'::text, ARRAY[cardinality(v_ids)]),
+                                  array_fill(true, ARRAY[cardinality(v_ids)])) f
+      JOIN hydra.message m ON m.id = f.message_id,
+           LATERAL (VALUES
+               (CASE f.outcome WHEN 'locked' THEN 'MESSAGE_LOCKED'
+                               ELSE 'MESSAGE_ATTEMPTS_EXHAUSTED' END,
+                jsonb_build_object('reason', 'lease expired', 'attempt', f.attempt,
+                                   'available_at', f.available_at)),
+               (CASE WHEN f.outcome = 'failed' THEN 'MESSAGE_FINALIZED' END,
+                jsonb_build_object('success', false))) AS v(event, detail),
+           LATERAL hydra._event(v.event, m.id, m.queue, m.channel, v.detail) e
+     WHERE v.event IS NOT NULL;
+END
+$$;
+
+-- Gives one message the next virtual time of its channel and makes it ready.
+CREATE FUNCTION hydra._make_ready(p_id bigint)
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    UPDATE hydra.message m
+       SET state = 'ready', available_at = NULL,
+           vtime = hydra._next_vtime(m.queue, m.channel, m.prio)
+     WHERE m.id = p_id;
+END;
+
+-- Back-off over: locked -> ready.
+CREATE FUNCTION hydra._unlock_due(p_batch integer)
+RETURNS SETOF hydra.event
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_row record;
+BEGIN
+    -- One row at a time so that several messages of one channel get successive vtimes.
+    FOR v_row IN
+        SELECT m.id, m.queue, m.channel FROM hydra.message m
+         WHERE m.state = 'locked' AND m.available_at <= now()
+         ORDER BY m.available_at, m.id
+         LIMIT p_batch
+           FOR UPDATE SKIP LOCKED
+    LOOP
+        PERFORM hydra._make_ready(v_row.id);
+        PERFORM hydra._wake_workers(v_row.queue);
+        RETURN NEXT hydra._event('MESSAGE_UNLOCKED', v_row.id, v_row.queue, v_row.channel);
+    END LOOP;
+END
+$$;
+
+-- Marks messages failed without running them (dropped, or parents failed with cascade) and
+-- passes the outcome to their own children.
+CREATE FUNCTION hydra._finish_unrun(p_id bigint, p_reason text)
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    UPDATE hydra.message m
+       SET state = 'failed', finished_at = now(), last_error = p_reason, available_at = NULL
+     WHERE m.id = p_id;
+    SELECT hydra._record_outcomes(ARRAY[p_id], false);
+END;
+
+-- Delay over and parents resolved: pending -> ready, through max_size admission.
+CREATE FUNCTION hydra._release_due(p_batch integer)
+RETURNS SETOF hydra.event
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_row      record;
+    v_limit    hydra.channel_limit;
+    v_group    text[];
+    v_locked   boolean := false;
+    v_room     bigint;
+BEGIN
+    -- Rows grouped by channel; a sized channel's limit row is taken with SKIP LOCKED (its
+    -- messages wait for the next call when it is busy); admitted counts only fall while we
+    -- hold it, so the room computed once per channel is safe.
+    FOR v_row IN
+        SELECT d.id, d.queue, d.channel, l.max_size
+          FROM (SELECT m.id, m.queue, m.channel, m.available_at FROM hydra.message m
+                 WHERE m.state = 'pending' AND m.deps_left = 0 AND m.available_at <= now()
+                 ORDER BY m.available_at, m.id
+                 LIMIT p_batch
+                   FOR UPDATE SKIP LOCKED) d
+          LEFT JOIN hydra.channel_limit l ON l.queue = d.queue AND l.channel = d.channel
+         ORDER BY d.queue, d.channel, d.available_at, d.id
+    LOOP
+        IF v_row.max_size IS NOT NULL THEN
+            IF v_group IS DISTINCT FROM ARRAY[v_row.queue, v_row.channel] THEN
+                v_group := ARRAY[v_row.queue, v_row.channel];
+                SELECT * INTO v_limit FROM hydra.channel_limit l
+                 WHERE l.queue = v_row.queue AND l.channel = v_row.channel
+                   FOR NO KEY UPDATE SKIP LOCKED;
+                v_locked := FOUND;
+                IF v_locked AND v_limit.max_size IS NOT NULL THEN
+                    SELECT v_limit.max_size - count(*) INTO v_room
+                      FROM (SELECT 1 FROM hydra.message m
+                             WHERE m.queue = v_row.queue AND m.channel = v_row.channel
+                               AND m.state IN ('ready', 'parked', 'processing', 'locked')
+                             LIMIT v_limit.max_size) live;
+                ELSE
+                    v_room := NULL;
+                END IF;
+            END IF;
+            CONTINUE WHEN NOT v_locked;
+            IF v_room IS NOT NULL AND v_room <= 0 THEN
+                PERFORM hydra._finish_unrun(v_row.id, 'dropped: channel is full');
+                RETURN NEXT hydra._event('MESSAGE_DROPPED', v_row.id, v_row.queue, v_row.channel,
+                                         jsonb_build_object('max_size', v_limit.max_size));
+                RETURN NEXT hydra._event('MESSAGE_FINALIZED', v_row.id, v_row.queue,
+                                         v_row.channel, jsonb_build_object('success', false));
+                CONTINUE;
+            END IF;
+            v_room := v_room - 1;
+        END IF;
+        PERFORM hydra._make_ready(v_row.id);
+        PERFORM hydra._wake_workers(v_row.queue);
+        RETURN NEXT hydra._event('MESSAGE_RELEASED', v_row.id, v_row.queue, v_row.channel);
+    END LOOP;
+END
+$$;
+
+-- Hands finished parents' outcomes down to their waiting children.
+CREATE FUNCTION hydra._resolve_dependencies(p_batch integer)
+RETURNS SETOF hydra.event
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_parents bigint[];
+    v_child   record;
+    v_edge    record;
+    v_failed  bigint[];
+    v_n       integer;
+BEGIN
+    -- Outcome rows and children are taken with SKIP LOCKED; an edge whose child is busy stays
+    -- unresolved and its outcome row stays for the next call.
+    v_parents := ARRAY(SELECT o.parent_id FROM hydra.parent_outcome o
+                        ORDER BY o.parent_id LIMIT p_batch FOR UPDATE SKIP LOCKED);
+    IF v_parents = '{}' THEN
+        RETURN;
+    END IF;
+
+    FOR v_child IN
+        SELECT m.id, m.queue, m.channel, m.state, m.cascade_failure, m.deps_left
+          FROM hydra.message m
+         WHERE m.id IN (SELECT d.child_id FROM hydra.dependency d
+                         WHERE d.parent_id = ANY (v_parents) AND NOT d.resolved)
+         ORDER BY m.id
+           FOR UPDATE SKIP LOCKED
+    LOOP
+        v_n := 0;
+        v_failed := '{}';
+        FOR v_edge IN
+            UPDATE hydra.dependency d
+               SET resolved = true, parent_succeeded = o.succeeded
+              FROM hydra.parent_outcome o
+             WHERE d.child_id = v_child.id AND d.parent_id = o.parent_id
+               AND o.parent_id = ANY (v_parents) AND NOT d.resolved
+            RETURNING d.parent_id, o.succeeded
+        LOOP
+            v_n := v_n + 1;
+            IF NOT v_edge.succeeded THEN
+                v_failed := v_failed || v_edge.parent_id;
+            END IF;
+            RETURN NEXT hydra._event('MESSAGE_DEPENDENCY_RESOLVED', v_child.id, v_child.queue,
+                                     v_child.channel,
+                                     jsonb_build_object('parent_id', v_edge.parent_id,
+                                                        'success', v_edge.succeeded));
+        END LOOP;
+        CONTINUE WHEN v_child.state <> 'pending';
+
+        IF v_child.cascade_failure AND v_failed <> '{}' THEN
+            UPDATE hydra.message m
+               SET deps_left = greatest(m.deps_left - v_n, 0),
+                   failed_parents = coalesce(m.failed_parents, '{}') || v_failed
+             WHERE m.id = v_child.id;
+            PERFORM hydra._finish_unrun(v_child.id, 'dependencies unmet');
+            RETURN NEXT hydra._event('MESSAGE_DEPENDENCIES_UNMET', v_child.id, v_child.queue,
+                                     v_child.channel, jsonb_build_object('failed_parents', v_failed));
+            RETURN NEXT hydra._event('MESSAGE_FINALIZED', v_child.id, v_child.queue,
+                                     v_child.channel, jsonb_build_object('success', false));
+        ELSE
+            -- The child's own delay counts from the moment its last parent resolved.
+            UPDATE hydra.message m
+               SET deps_left = greatest(m.deps_left - v_n, 0),
+                   failed_parents = CASE WHEN v_failed = '{}' THEN m.failed_parents
+                                         ELSE coalesce(m.failed_parents, '{}') || v_failed END,
+                   available_at = CASE WHEN m.deps_left - v_n <= 0
+                                       THEN now() + (m.available_at - m.enqueued_at)
+                                       ELSE m.available_at END
+             WHERE m.id = v_child.id;
+        END IF;
+    END LOOP;
+
+    -- Edges whose child no longer exists resolve silently; outcomes with no open edge left
+    -- are done.
+    UPDATE hydra.dependency d SET resolved = true
+     WHERE d.parent_id = ANY (v_parents) AND NOT d.resolved
+       AND NOT EXISTS (SELECT 1 FROM hydra.message m WHERE m.id = d.child_id);
+    DELETE FROM hydra.parent_outcome o
+     WHERE o.parent_id = ANY (v_parents)
+       AND NOT EXISTS (SELECT 1 FROM hydra.dependency d
+                        WHERE d.parent_id = o.parent_id AND NOT d.resolved);
+END
+$$;
+
+-- Channels with free slots and parked messages (after a raised cap, or a release that met a
+-- busy row) get their parked messages back.
+CREATE FUNCTION hydra._repair_parked(p_batch integer)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_limit hydra.channel_limit;
+BEGIN
+    -- Limit rows with SKIP LOCKED: a busy channel is being served by its own releases.
+    FOR v_limit IN
+        SELECT l.* FROM hydra.channel_limit l
+         WHERE l.max_concurrency > l.in_flight
+           AND EXISTS (SELECT 1 FROM hydra.message m
+                        WHERE m.queue = l.queue AND m.channel = l.channel
+                          AND m.state = 'parked')
+         ORDER BY l.queue, l.channel
+         LIMIT p_batch
+           FOR NO KEY UPDATE SKIP LOCKED
+    LOOP
+        UPDATE hydra.channel_limit l
+           SET in_flight = l.in_flight + hydra._unpark(v_limit.queue, v_limit.channel,
+                                                       v_limit.max_concurrency - v_limit.in_flight,
+                                                       true)
+         WHERE l.queue = v_limit.queue AND l.channel = v_limit.channel;
+    END LOOP;
+END
+$$;
+
+-- Failed messages are kept as dead letters (and as outcomes for late children) until their
+-- retention ends.
+CREATE FUNCTION hydra._purge_failed(p_batch integer, p_retention interval)
+RETURNS SETOF hydra.event
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- Deletes with SKIP LOCKED (waits for no one).
+    RETURN QUERY
+    WITH gone AS (
+        DELETE FROM hydra.message m
+         WHERE m.id = ANY (ARRAY(SELECT f.id FROM hydra.message f
+                                  WHERE f.state = 'failed'
+                                    AND f.finished_at < now() - p_retention
+                                  ORDER BY f.finished_at
+                                  LIMIT p_batch
+                                    FOR UPDATE SKIP LOCKED))
+        RETURNING m.id, m.queue, m.channel
+    ), edges AS (
+        DELETE FROM hydra.dependency d WHERE d.child_id IN (SELECT g.id FROM gone g)
+    )
+    SELECT (hydra._event('MESSAGE_DELETED', g.id, g.queue, g.channel)).* FROM gone g;
+END
+$$;
+
+CREATE FUNCTION hydra.coordinate(
+    batch            integer  DEFAULT 1000,
+    failed_retention interval DEFAULT '7 days'
+)
+RETURNS SETOF hydra.event
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_rounds integer := 0;
+    v_found  bigint;
+BEGIN
+    -- One bounded pass over every kind of due work; returns the transitions it made.
+    IF batch IS NULL OR batch < 1 OR batch > 100000 THEN
+        PERFORM hydra._invalid('batch', 'must be between 1 and 100000');
+    END IF;
+    IF failed_retention IS NULL OR failed_retention < interval '0' THEN
+        PERFORM hydra._invalid('failed_retention', 'must be 0 or more');
+    END IF;
+
+    RETURN QUERY SELECT * FROM hydra._expire_leases(batch);
+    RETURN QUERY SELECT * FROM hydra._unlock_due(batch);
+    -- Cascades travel one DAG level per round.
+    LOOP
+        v_rounds := v_rounds + 1;
+        RETURN QUERY SELECT * FROM hydra._resolve_dependencies(batch);
+        GET DIAGNOSTICS v_found = ROW_COUNT;
+        EXIT WHEN v_found = 0 OR v_rounds >= 10;
+    END LOOP;
+    RETURN QUERY SELECT * FROM hydra._release_due(batch);
+    PERFORM hydra._repair_parked(batch);
+    IF to_regprocedure('hydra._fire_due_schedules(integer)') IS NOT NULL THEN
+        RETURN QUERY SELECT * FROM hydra._fire_due_schedules(batch);
+    END IF;
+    RETURN QUERY SELECT * FROM hydra._purge_failed(batch, failed_retention);
+    DELETE FROM hydra.waiting_worker w
+     WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a WHERE a.pid = w.backend_pid);
+END
+$$;
+
+COMMENT ON FUNCTION hydra.coordinate(integer, interval) IS
+'Does the time-driven work of the queue in bounded steps of at most batch items each: expires
+leases (a failed attempt), unlocks messages whose back-off is over, resolves dependencies
+(cascading failures), releases delayed messages (through max_size admission), fires due
+schedules and deletes failed messages older than failed_retention. Safe to run from any number
+of sessions at once (pg_cron included). Returns one row per transition (SPEC event names).';
+
+-- Idle-worker bookkeeping for the driver's LISTEN/NOTIFY wake-ups.
+CREATE FUNCTION hydra.worker_idle(queues text[])
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    INSERT INTO hydra.waiting_worker (queue, backend_pid)
+    SELECT DISTINCT q, pg_backend_pid() FROM unnest(queues) q WHERE q IS NOT NULL
+    ON CONFLICT (queue, backend_pid) DO NOTHING;
+END;
+
+COMMENT ON FUNCTION hydra.worker_idle(text[]) IS
+'Registers this session as an idle worker LISTENing on channel hydra_enqueue for these queues:
+enqueue sends NOTIFY only while some worker is registered.';
+
+CREATE FUNCTION hydra.worker_busy()
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    DELETE FROM hydra.waiting_worker w WHERE w.backend_pid = pg_backend_pid();
+END;
+
+COMMENT ON FUNCTION hydra.worker_busy() IS
+'Removes this session from the idle-worker list (see hydra.worker_idle).';
