@@ -153,16 +153,19 @@ def _start_local_server(kind: str) -> LocalServer:
             f"HYDRAMQ_TEST_SERVER={kind!r}: expected one of {', '.join(SERVER_KINDS)}",
             pytrace=False,
         )
+    # pytest.fail outside the except blocks: the message alone says it all.
     try:
         server = start_server(kind, fsync=False)
     except ServerError as exc:
-        pytest.fail(f"cannot start the {kind} test server:\n{exc}", pytrace=False)
-    try:
-        server.install_extension_files()
-    except ExtensionFilesMissing as exc:
-        server.stop()
-        pytest.fail(f"cannot install the hydramq extension files: {exc}", pytrace=False)
-    return server
+        problem = f"cannot start the {kind} test server:\n{exc}"
+    else:
+        try:
+            server.install_extension_files()
+            return server
+        except ExtensionFilesMissing as exc:
+            server.stop()
+            problem = f"cannot install the hydramq extension files: {exc}"
+    pytest.fail(problem, pytrace=False)
 
 
 def _describe_error(exc: psycopg.Error) -> str:
@@ -179,6 +182,14 @@ def _describe_error(exc: psycopg.Error) -> str:
     return "\n".join(parts)
 
 
+def _extension_missing(exc: psycopg.Error) -> bool:
+    # PostgreSQL 15 says 58P01 "could not open extension control file"; 16+ say 0A000
+    # "extension ... is not available".
+    return isinstance(exc, psycopg.errors.UndefinedFile) or (
+        exc.diag.sqlstate == "0A000" and "not available" in (exc.diag.message_primary or "")
+    )
+
+
 def _build_template(bench: Bench) -> None:
     """(Re)create the template database with the extension installed in it."""
     bench.drop_database(bench.template)
@@ -186,19 +197,21 @@ def _build_template(bench: Bench) -> None:
     try:
         with psycopg.connect(bench.dsn_for(bench.template), autocommit=True) as conn:
             conn.execute("CREATE EXTENSION hydramq")
+        return
     except psycopg.Error as exc:
-        if bench.server is None and isinstance(exc, psycopg.errors.UndefinedFile):
-            advice = (
-                "the server at DATABASE_URL has no hydramq extension files: install them on "
-                "its host (`make install PG_CONFIG=<its pg_config>`)"
-            )
-        elif isinstance(exc, psycopg.errors.UndefinedFile):
-            advice = "the extension files were not installed where this server looks for them"
-        else:
-            advice = "the extension's install script failed (sql/ is built from extension/*.sql)"
-        pytest.fail(
-            f"CREATE EXTENSION hydramq failed: {advice}.\n{_describe_error(exc)}", pytrace=False
+        error = exc
+    if not _extension_missing(error):
+        advice = "the extension's install script failed (sql/ is built from extension/*.sql)"
+    elif bench.server is None:
+        advice = (
+            "the server at DATABASE_URL has no hydramq extension files: install them on "
+            "its host (`make install PG_CONFIG=<its pg_config>`)"
         )
+    else:
+        advice = f"the extension files are not where this server looks ({bench.server.sharedir})"
+    pytest.fail(
+        f"CREATE EXTENSION hydramq failed: {advice}.\n{_describe_error(error)}", pytrace=False
+    )
 
 
 @pytest.fixture(scope="session")
@@ -213,12 +226,14 @@ def _bench() -> Iterator[Bench]:
         with psycopg.connect(base_dsn, autocommit=True) as conn:
             version_num = conn.execute("SHOW server_version_num").fetchone()
     except psycopg.Error as exc:
+        version_num, problem = (
+            None,
+            f"cannot connect to the test server {_describe_dsn(base_dsn)}: {exc}",
+        )
+    if version_num is None:
         if server is not None:
             server.stop()
-        pytest.fail(
-            f"cannot connect to the test server {_describe_dsn(base_dsn)}: {exc}", pytrace=False
-        )
-    assert version_num is not None
+        pytest.fail(problem, pytrace=False)
     bench = Bench(base_dsn, server, int(version_num[0]) // 10000, template)
     try:
         _build_template(bench)
