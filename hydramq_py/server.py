@@ -356,8 +356,11 @@ class LocalServer:
     def _kill_postmaster(self) -> None:
         with contextlib.suppress(OSError, ValueError, IndexError):
             pid = int((self.datadir / "postmaster.pid").read_text().split()[0])
-            os.kill(pid, signal.SIGKILL)
-            time.sleep(0.5)
+            # A stale pid file may name a reused pid: kill only our postmaster.
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if b"postgres" in cmdline and str(self.datadir).encode() in cmdline:
+                os.kill(pid, signal.SIGKILL)
+                time.sleep(0.5)
 
     def _stop_at_exit(self) -> None:
         # A forked child (multiprocessing, a worker test) inherits atexit handlers: only the

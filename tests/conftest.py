@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import hypothesis
 import psycopg
 import pytest
 from psycopg import sql
@@ -43,6 +44,11 @@ from hydramq.server import (
     embedded_bindir,
     start_server,
 )
+
+# Property tests that talk to the database run on a shared 2-core machine: a per-example
+# deadline only makes them flaky. HYPOTHESIS_PROFILE=default restores hypothesis' own settings.
+hypothesis.settings.register_profile("hydramq", deadline=None, print_blob=True)
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "hydramq"))
 
 SERVER_KINDS = ("embedded", "debian")
 TEMPLATE_DB = "hydramq_template"
