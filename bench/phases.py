@@ -109,6 +109,25 @@ def top_statements(conn: psycopg.Connection, limit: int = 12) -> list[dict[str, 
     return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
+def guarded(ctx: Context, conn: psycopg.Connection, system: str,
+            measure: Callable[..., RunResult], *args: Any) -> RunResult:
+    """Run one measurement; an error (say, a hydramq function that does not exist yet) is
+    recorded as a failed run and the phase goes on with the next one."""
+    try:
+        return measure(*args)
+    except (psycopg.Error, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        ctx.progress.done(f"ERROR: {first}")
+        try:  # leave the next run an empty queue
+            if system == "hydramq":
+                purge_hydramq(conn)
+            for table in baselines.TABLES:
+                baselines.reset(conn, table)
+        except psycopg.Error:
+            pass
+        return RunResult(messages=0, seconds=0.0, complete=False, errors=[str(exc).strip()])
+
+
 def systems_for(ctx: Context) -> list[str]:
     return ["hydramq", "lease", "delete"] if ctx.hydramq else ["lease", "delete"]
 
@@ -155,9 +174,8 @@ def run_drain(ctx: Context, conn: psycopg.Connection, shape: Shape, system: str,
     elif system == "delete":
         baselines.reset(conn, "dq")
     if system == "hydramq" and shape.capped:
-        with conn.transaction():
-            for c in range(shape.channels):
-                conn.execute(HYDRA_POLICY_SET, (f"{shape.prefix}{c}", 1, QUEUE))
+        for c in range(shape.channels):  # one policy change per transaction (60_policies)
+            conn.execute(HYDRA_POLICY_SET, (f"{shape.prefix}{c}", 1, QUEUE))
     filled = 0
     for doc in shape_chunks(shape.channels, shape.per_channel, shape.prefix, shape.chunk):
         filled += sysobj.fill(conn, doc)
@@ -172,9 +190,8 @@ def run_drain(ctx: Context, conn: psycopg.Connection, shape: Shape, system: str,
     left = leftover(conn, system)
     if system == "hydramq":
         if shape.capped:
-            with conn.transaction():
-                for c in range(shape.channels):
-                    conn.execute(HYDRA_POLICY_CLEAR, (f"{shape.prefix}{c}", QUEUE))
+            for c in range(shape.channels):
+                conn.execute(HYDRA_POLICY_CLEAR, (f"{shape.prefix}{c}", QUEUE))
         if left:
             purge_hydramq(conn)
     elif left:
@@ -206,7 +223,7 @@ def drain_phase(ctx: Context) -> None:
             ctx.progress.note(f"round {r + 1}/{ctx.sizes.rounds}")
             for shape in shapes:
                 for system in rotated(systems, r):
-                    res = run_drain(ctx, conn, shape, system, r)
+                    res = guarded(ctx, conn, system, run_drain, ctx, conn, shape, system, r)
                     out[shape.name]["runs"][system].append(res.as_dict())
     for shape in shapes:
         entry = out[shape.name]
@@ -232,6 +249,28 @@ ENQUEUE_KINDS = {
 }
 
 
+def run_enqueue(ctx: Context, conn: psycopg.Connection, kind: str, system: str,
+                producer: str, round_no: int) -> RunResult:
+    seconds = ctx.sizes.enqueue_seconds
+    ctx.progress.start(f"enqueue {kind} {system} r{round_no + 1}")
+    if system == "hydramq":
+        purge_hydramq(conn)
+    else:
+        baselines.reset(conn, "plain")
+    settle(conn)
+    if ctx.stats:
+        conn.execute("SELECT pg_stat_statements_reset()")
+    res = enqueue_for(ctx.dsn, producer, seconds, ctx.progress,
+                      ENQUEUE_CONNECTIONS_PER_PROCESS)
+    if ctx.stats:
+        res.top_statements = top_statements(conn)
+    status = f"{res.rate:>9,.0f} msgs/s  ({res.messages:,} in {seconds:.0f}s)"
+    if res.errors:
+        status += f"  ERROR: {res.errors[0].strip().splitlines()[-1]}"
+    ctx.progress.done(status)
+    return res
+
+
 @phase("enqueue", "enqueue throughput, 2 processes x 4 connections, time-boxed")
 def enqueue_phase(ctx: Context) -> None:
     seconds = ctx.sizes.enqueue_seconds
@@ -247,19 +286,9 @@ def enqueue_phase(ctx: Context) -> None:
             for kind, (hyd, base, _) in ENQUEUE_KINDS.items():
                 pairs = [("hydramq", hyd), ("plain", base)] if ctx.hydramq else [("plain", base)]
                 for system, producer in (pairs if r % 2 == 0 else pairs[::-1]):
-                    ctx.progress.start(f"enqueue {kind} {system} r{r + 1}")
-                    if system == "hydramq":
-                        purge_hydramq(conn)
-                    else:
-                        baselines.reset(conn, "plain")
-                    settle(conn)
-                    res = enqueue_for(ctx.dsn, producer, seconds, ctx.progress,
-                                      ENQUEUE_CONNECTIONS_PER_PROCESS)
+                    res = guarded(ctx, conn, system, run_enqueue, ctx, conn, kind, system,
+                                  producer, r)
                     out[kind]["runs"][system].append(res.as_dict())
-                    status = f"{res.rate:>9,.0f} msgs/s  ({res.messages:,} in {seconds:.0f}s)"
-                    if res.errors:
-                        status += f"  ERROR: {res.errors[0].strip().splitlines()[-1]}"
-                    ctx.progress.done(status)
         if ctx.hydramq:
             purge_hydramq(conn)
         baselines.reset(conn, "plain")

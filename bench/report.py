@@ -143,7 +143,7 @@ def git_info(repo: Path) -> dict[str, Any]:
 def server_info(conn: psycopg.Connection) -> dict[str, Any]:
     row = conn.execute("SELECT version(), current_setting('server_version_num')::int").fetchone()
     assert row is not None
-    settings = dict(conn.execute("SELECT name, setting || coalesce(unit, '') FROM pg_settings "
+    settings = dict(conn.execute("SELECT name, current_setting(name) FROM pg_settings "
                                  "WHERE name = ANY(%s)", (list(SERVER_SETTINGS),)).fetchall())
     ext = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'hydramq'"
                        ).fetchone()
