@@ -189,12 +189,16 @@ def _message_info(rows: list[Row]) -> MessageInfo | None:
     return MessageInfo(*rows[0]) if rows else None
 
 
+_STATUS_STATES = ("pending", "ready", "parked", "processing", "locked", "failed")
+
+
 def _status(rows: list[Row]) -> list[ChannelStatus]:
-    out: dict[tuple[str, str | None], ChannelStatus] = {}
-    for queue, channel, state, count in rows:
-        st = out.setdefault((queue, channel), ChannelStatus(queue, channel))
-        st.counts[state] = int(count)
-    return list(out.values())
+    return [
+        ChannelStatus(
+            r[0], r[1], {s: int(n) for s, n in zip(_STATUS_STATES, r[2:], strict=True) if n}
+        )
+        for r in rows
+    ]
 
 
 def _policies(rows: list[Row]) -> list[ChannelPolicy]:

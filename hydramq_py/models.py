@@ -136,7 +136,7 @@ class ChannelPolicy:
     """A channel's limits (row of ``hydra.channel_limit``); ``in_flight`` counts held slots."""
 
     queue: str
-    channel: str
+    channel: str | None
     max_concurrency: int | None
     max_size: int | None
     in_flight: int

@@ -182,11 +182,10 @@ INSPECT_MESSAGE: Final = (
 )
 
 QUEUE_STATUS: Final = (
-    "SELECT queue, NULLIF(channel, ''), state, pg_catalog.count(*)::bigint"
-    " FROM hydra.message"
+    "SELECT queue, channel, pending, ready, parked, processing, locked, failed"
+    " FROM hydra.channel_status"
     " WHERE %(queue)s::text IS NULL OR queue = %(queue)s::text"
-    " GROUP BY queue, channel, state"
-    " ORDER BY queue, channel, state"
+    " ORDER BY queue, channel NULLS FIRST"
 )
 
 CHANNEL_POLICIES: Final = (
