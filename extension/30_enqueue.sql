@@ -7,16 +7,25 @@
 -- the round the queue is serving now (the head of the ready order). Reads only.
 CREATE FUNCTION hydra._next_vtime(p_queue text, p_channel text, p_prio integer)
 RETURNS bigint
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
-RETURN greatest(
-    coalesce((SELECT m.vtime + 1 FROM hydra.message m
-               WHERE m.queue = p_queue AND m.channel = p_channel AND m.prio = p_prio
-                 AND m.state IN ('ready', 'parked')
-               ORDER BY m.vtime DESC LIMIT 1), 0),
-    coalesce((SELECT m.vtime FROM hydra.message m
-               WHERE m.queue = p_queue AND m.state = 'ready' AND m.prio = p_prio
-               ORDER BY m.vtime, m.id LIMIT 1), 0));
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    v_tail bigint;
+    v_head bigint;
+BEGIN
+    -- Two index probes (PL/pgSQL caches their plans; a SQL function would re-plan per call).
+    SELECT m.vtime + 1 INTO v_tail FROM hydra.message m
+     WHERE m.queue = p_queue AND m.channel = p_channel AND m.prio = p_prio
+       AND m.state IN ('ready', 'parked')
+     ORDER BY m.vtime DESC LIMIT 1;
+    SELECT m.vtime INTO v_head FROM hydra.message m
+     WHERE m.queue = p_queue AND m.state = 'ready' AND m.prio = p_prio
+     ORDER BY m.vtime, m.id LIMIT 1;
+    RETURN greatest(coalesce(v_tail, 0), coalesce(v_head, 0));
+END
+$$;
 
 -- Wakes idle workers of a queue, only when one is registered: NOTIFY serialises commits, so the
 -- hot enqueue path must not pay for it while every worker is busy.
@@ -53,6 +62,7 @@ CREATE FUNCTION hydra._enqueue_rows(
 RETURNS SETOF hydra.enqueue_many_result
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     v_count          integer := coalesce(array_length(p_payloads, 1), 0);
@@ -253,11 +263,54 @@ CREATE FUNCTION hydra.enqueue(
 RETURNS hydra.enqueue_result
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
+#variable_conflict use_column
 DECLARE
-    v_row hydra.enqueue_many_result;
+    v_row     hydra.enqueue_many_result;
+    v_channel text := coalesce(enqueue.channel, '');
+    v_prio    integer := coalesce(enqueue.priority, -2147483648);
+    v_ready   boolean := enqueue.delay_secs = 0;
+    v_id      bigint;
 BEGIN
     -- Contract: inserts one message row (and its edges) or none; see _enqueue_rows for locks.
+    -- Fast path for the common case (no parents, channel without max_size, name not taken):
+    -- one probe, one insert. Everything else, and every decision it does not take, goes
+    -- through the set-based _enqueue_rows.
+    IF depends_on IS NULL OR cardinality(depends_on) = 0 THEN
+        PERFORM hydra._check_name('queue', enqueue.queue, false);
+        PERFORM hydra._check_message_options(ARRAY[enqueue.payload], ARRAY[enqueue.channel],
+            ARRAY[enqueue.priority], ARRAY[enqueue.name], ARRAY[enqueue.num_attempts],
+            ARRAY[enqueue.lock_secs], ARRAY[enqueue.lock_secs_factor], ARRAY[enqueue.delay_secs],
+            ARRAY[enqueue.cascade_failure], ARRAY[enqueue.max_processing_secs]);
+        IF NOT EXISTS (SELECT 1 FROM hydra.channel_limit l
+                        WHERE l.queue = enqueue.queue AND l.channel = v_channel
+                          AND l.max_size IS NOT NULL) THEN
+            INSERT INTO hydra.message AS m (queue, channel, state, prio, vtime, num_attempts,
+                cascade_failure, lock_secs, lock_secs_factor, max_processing_secs,
+                available_at, name, payload)
+            VALUES (enqueue.queue, v_channel,
+                    CASE WHEN v_ready THEN 'ready' ELSE 'pending' END, v_prio,
+                    CASE WHEN v_ready THEN hydra._next_vtime(enqueue.queue, v_channel, v_prio)
+                         ELSE 0 END,
+                    enqueue.num_attempts, enqueue.cascade_failure, enqueue.lock_secs,
+                    enqueue.lock_secs_factor, enqueue.max_processing_secs,
+                    CASE WHEN NOT v_ready
+                         THEN now() + make_interval(secs => enqueue.delay_secs::float8) END,
+                    enqueue.name, enqueue.payload)
+            ON CONFLICT (queue, name)
+               WHERE name IS NOT NULL AND attempt = 0 AND state IN ('pending', 'ready', 'parked')
+               DO NOTHING
+            RETURNING m.id INTO v_id;
+            IF v_id IS NOT NULL THEN
+                IF v_ready THEN
+                    PERFORM hydra._wake_workers(enqueue.queue);
+                END IF;
+                RETURN ROW('enqueued', v_id)::hydra.enqueue_result;
+            END IF;
+        END IF;
+    END IF;
+
     SELECT r.* INTO v_row
       FROM hydra._enqueue_rows(enqueue.queue, ARRAY[enqueue.payload], ARRAY[enqueue.channel],
                ARRAY[enqueue.priority], ARRAY[enqueue.name], ARRAY[enqueue.num_attempts],
@@ -293,6 +346,7 @@ CREATE FUNCTION hydra.enqueue_many(
 RETURNS SETOF hydra.enqueue_many_result
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     v_bad   text;

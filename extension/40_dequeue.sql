@@ -4,20 +4,12 @@
 -- concurrency cap, their hydra.channel_limit rows in (queue, channel) order.
 -- States: ready -> processing; ready -> parked when the channel is at its cap.
 
--- The row shape returned to workers.
-CREATE FUNCTION hydra._leased(m hydra.message)
-RETURNS hydra.leased_message
-LANGUAGE sql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
-RETURN ROW(m.id, m.queue, NULLIF(m.channel, ''), m.payload, NULLIF(m.prio, -2147483648),
-           m.name, m.attempt, m.num_attempts, m.lease_token, m.lease_expires_at,
-           m.enqueued_at, coalesce(m.failed_parents, '{}'))::hydra.leased_message;
-
 -- A queue none of whose channels is capped: one ordered index scan and one update.
 CREATE FUNCTION hydra._dequeue_uncapped(p_queue text, p_batch integer)
-RETURNS SETOF hydra.leased_message
+RETURNS SETOF hydra.message
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
 BEGIN
     -- Leases up to p_batch ready messages of p_queue, returned in the fair order.
@@ -37,16 +29,17 @@ BEGIN
            AND m.state = 'ready'
         RETURNING m.*
     )
-    SELECT (hydra._leased(l)).* FROM leased l ORDER BY l.prio DESC, l.vtime, l.id;
+    SELECT l.* FROM leased l ORDER BY l.prio DESC, l.vtime, l.id;
 END
 $$;
 
 -- A queue with capped channels: admits up to each cap, parks the excess out of the ready
 -- order (a slot release moves it back), and tries again while the batch is not full.
 CREATE FUNCTION hydra._dequeue_capped(p_queue text, p_batch integer)
-RETURNS SETOF hydra.leased_message
+RETURNS SETOF hydra.message
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     v_left     integer := p_batch;
@@ -124,7 +117,7 @@ BEGIN
              WHERE m.id = d.id AND d.admit
             RETURNING m.*
         )
-        SELECT (hydra._leased(l)).* FROM leased l ORDER BY l.prio DESC, l.vtime, l.id;
+        SELECT l.* FROM leased l ORDER BY l.prio DESC, l.vtime, l.id;
 
         GET DIAGNOSTICS v_got = ROW_COUNT;
         v_left := v_left - v_got;
@@ -143,6 +136,7 @@ CREATE FUNCTION hydra.dequeue(
 RETURNS SETOF hydra.leased_message
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     v_queues text[] := coalesce(dequeue.queues, ARRAY[dequeue.queue]);
@@ -151,6 +145,7 @@ DECLARE
     v_n      integer;
     v_q      text;
     v_got    integer;
+    v_capped boolean;
 BEGIN
     -- Contract: see the file header. With several queues, each call starts at a random one
     -- so that no queue starves the others; within a queue the order is the fair order.
@@ -168,12 +163,16 @@ BEGIN
     v_start := CASE WHEN v_n = 1 THEN 0 ELSE floor(random() * v_n)::integer END;
     FOR v_i IN 0 .. v_n - 1 LOOP
         v_q := v_queues[(v_start + v_i) % v_n + 1];
-        IF EXISTS (SELECT 1 FROM hydra.channel_limit l
-                    WHERE l.queue = v_q AND l.max_concurrency IS NOT NULL) THEN
-            RETURN QUERY SELECT * FROM hydra._dequeue_capped(v_q, v_left);
-        ELSE
-            RETURN QUERY SELECT * FROM hydra._dequeue_uncapped(v_q, v_left);
-        END IF;
+        -- Only queues with a capped channel pay for the limit bookkeeping.
+        v_capped := EXISTS (SELECT 1 FROM hydra.channel_limit l
+                             WHERE l.queue = v_q AND l.max_concurrency IS NOT NULL);
+        RETURN QUERY
+            SELECT m.id, m.queue, NULLIF(m.channel, ''), m.payload, NULLIF(m.prio, -2147483648),
+                   m.name, m.attempt, m.num_attempts, m.lease_token, m.lease_expires_at,
+                   m.enqueued_at, coalesce(m.failed_parents, '{}')
+              FROM (SELECT * FROM hydra._dequeue_capped(v_q, v_left) WHERE v_capped
+                    UNION ALL
+                    SELECT * FROM hydra._dequeue_uncapped(v_q, v_left) WHERE NOT v_capped) m;
         GET DIAGNOSTICS v_got = ROW_COUNT;
         v_left := v_left - v_got;
         EXIT WHEN v_left <= 0;

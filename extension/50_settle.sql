@@ -12,6 +12,7 @@ CREATE FUNCTION hydra._release_slots(p_queues text[], p_channels text[])
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     v_group    record;
@@ -59,20 +60,25 @@ $$;
 -- hand down to them.
 CREATE FUNCTION hydra._record_outcomes(p_ids bigint[], p_succeeded boolean)
 RETURNS void
-LANGUAGE sql
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
-BEGIN ATOMIC
+SET plan_cache_mode = force_generic_plan
+AS $$
+BEGIN
+    -- One probe of the unresolved-edge index per finished message.
     INSERT INTO hydra.parent_outcome (parent_id, succeeded)
     SELECT f.id, p_succeeded
       FROM unnest(p_ids) f(id)
      WHERE EXISTS (SELECT 1 FROM hydra.dependency d WHERE d.parent_id = f.id AND NOT d.resolved)
     ON CONFLICT (parent_id) DO NOTHING;
-END;
+END
+$$;
 
 CREATE FUNCTION hydra.complete_many(message_ids bigint[], lease_tokens uuid[])
 RETURNS SETOF bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     v_done     bigint[];
@@ -131,6 +137,7 @@ CREATE FUNCTION hydra._settle_failures(p_ids bigint[], p_errors text[], p_retry 
 RETURNS SETOF hydra.fail_result
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     v_failed   bigint[];
@@ -190,6 +197,7 @@ CREATE FUNCTION hydra.fail_many(
 RETURNS SETOF hydra.fail_result
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     v_held bigint[];

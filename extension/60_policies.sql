@@ -86,7 +86,7 @@ BEGIN
 
     INSERT INTO hydra.channel_limit AS l (queue, channel, max_concurrency, max_size, in_flight)
     VALUES (v_queue, v_channel, max_concurrency, max_size, v_inflight)
-    ON CONFLICT (queue, channel) DO UPDATE
+    ON CONFLICT ON CONSTRAINT channel_limit_pkey DO UPDATE
        SET max_concurrency = EXCLUDED.max_concurrency,
            max_size = EXCLUDED.max_size,
            in_flight = EXCLUDED.in_flight;
