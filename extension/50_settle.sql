@@ -107,9 +107,11 @@ BEGIN
     IF v_done = '{}' THEN
         RETURN;
     END IF;
+    -- flows:begin
     -- Edges where these messages were the child are no longer needed.
     DELETE FROM hydra.dependency d WHERE d.child_id = ANY (v_done);
     PERFORM hydra._record_outcomes(v_done, true);
+    -- flows:end
     IF v_queues IS NOT NULL THEN
         PERFORM hydra._release_slots(v_queues, v_channels);
     END IF;

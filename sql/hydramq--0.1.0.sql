@@ -92,8 +92,10 @@ CREATE INDEX message_lease_idx ON hydra.message (lease_expires_at)
 CREATE INDEX message_failed_idx ON hydra.message (finished_at)
     WHERE state = 'failed';
 -- De-duplication: one never-dequeued message per (queue, name).
+-- flows:begin (the benchmark strips flows:begin..flows:end blocks to measure their cost)
 CREATE UNIQUE INDEX message_dedup_idx ON hydra.message (queue, name)
     WHERE name IS NOT NULL AND attempt = 0 AND state IN ('pending', 'ready', 'parked');
+-- flows:end
 
 -- DAG edges. A row is resolved once its parent's outcome is known.
 CREATE TABLE hydra.dependency (
@@ -945,9 +947,11 @@ BEGIN
               FROM decided x
               LEFT JOIN bases b ON b.channel = x.channel AND b.prio = x.prio
              ORDER BY x.ord
+            -- flows:begin
             ON CONFLICT (queue, name)
                WHERE name IS NOT NULL AND attempt = 0 AND state IN ('pending', 'ready', 'parked')
                DO NOTHING
+            -- flows:end
             RETURNING m.id, m.state, m.last_error
         )
         SELECT coalesce(array_agg(ins.id), '{}'),
@@ -1034,37 +1038,41 @@ BEGIN
     -- Fast path for the common case (no parents, channel without max_size, name not taken):
     -- one probe, one insert. Everything else, and every decision it does not take, goes
     -- through the set-based _enqueue_rows.
-    IF depends_on IS NULL OR cardinality(depends_on) = 0 THEN
-        PERFORM hydra._check_name('queue', enqueue.queue, false);
-        PERFORM hydra._check_message_options(ARRAY[enqueue.payload], ARRAY[enqueue.channel],
-            ARRAY[enqueue.priority], ARRAY[enqueue.name], ARRAY[enqueue.num_attempts],
-            ARRAY[enqueue.lock_secs], ARRAY[enqueue.lock_secs_factor], ARRAY[enqueue.delay_secs],
-            ARRAY[enqueue.cascade_failure], ARRAY[enqueue.max_processing_secs]);
-        IF NOT EXISTS (SELECT 1 FROM hydra.channel_limit l
+    PERFORM hydra._check_name('queue', enqueue.queue, false);
+    PERFORM hydra._check_message_options(ARRAY[enqueue.payload], ARRAY[enqueue.channel],
+        ARRAY[enqueue.priority], ARRAY[enqueue.name], ARRAY[enqueue.num_attempts],
+        ARRAY[enqueue.lock_secs], ARRAY[enqueue.lock_secs_factor], ARRAY[enqueue.delay_secs],
+        ARRAY[enqueue.cascade_failure], ARRAY[enqueue.max_processing_secs]);
+    IF (depends_on IS NULL OR cardinality(depends_on) = 0)
+       -- flows:begin
+       AND NOT EXISTS (SELECT 1 FROM hydra.channel_limit l
                         WHERE l.queue = enqueue.queue AND l.channel = v_channel
-                          AND l.max_size IS NOT NULL) THEN
-            INSERT INTO hydra.message AS m (queue, channel, state, prio, vtime, num_attempts,
-                cascade_failure, lock_secs, lock_secs_factor, max_processing_secs,
-                available_at, name, payload)
-            VALUES (enqueue.queue, v_channel,
-                    CASE WHEN v_ready THEN 'ready' ELSE 'pending' END, v_prio,
-                    CASE WHEN v_ready THEN hydra._next_vtime(enqueue.queue, v_channel, v_prio)
-                         ELSE 0 END,
-                    enqueue.num_attempts, enqueue.cascade_failure, enqueue.lock_secs,
-                    enqueue.lock_secs_factor, enqueue.max_processing_secs,
-                    CASE WHEN NOT v_ready
-                         THEN now() + make_interval(secs => enqueue.delay_secs::float8) END,
-                    enqueue.name, enqueue.payload)
-            ON CONFLICT (queue, name)
-               WHERE name IS NOT NULL AND attempt = 0 AND state IN ('pending', 'ready', 'parked')
-               DO NOTHING
-            RETURNING m.id INTO v_id;
-            IF v_id IS NOT NULL THEN
-                IF v_ready THEN
-                    PERFORM hydra._wake_workers(enqueue.queue);
-                END IF;
-                RETURN ROW('enqueued', v_id)::hydra.enqueue_result;
+                          AND l.max_size IS NOT NULL)
+       -- flows:end
+    THEN
+        INSERT INTO hydra.message AS m (queue, channel, state, prio, vtime, num_attempts,
+            cascade_failure, lock_secs, lock_secs_factor, max_processing_secs,
+            available_at, name, payload)
+        VALUES (enqueue.queue, v_channel,
+                CASE WHEN v_ready THEN 'ready' ELSE 'pending' END, v_prio,
+                CASE WHEN v_ready THEN hydra._next_vtime(enqueue.queue, v_channel, v_prio)
+                     ELSE 0 END,
+                enqueue.num_attempts, enqueue.cascade_failure, enqueue.lock_secs,
+                enqueue.lock_secs_factor, enqueue.max_processing_secs,
+                CASE WHEN NOT v_ready
+                     THEN now() + make_interval(secs => enqueue.delay_secs::float8) END,
+                enqueue.name, enqueue.payload)
+        -- flows:begin
+        ON CONFLICT (queue, name)
+           WHERE name IS NOT NULL AND attempt = 0 AND state IN ('pending', 'ready', 'parked')
+           DO NOTHING
+        -- flows:end
+        RETURNING m.id INTO v_id;
+        IF v_id IS NOT NULL THEN
+            IF v_ready THEN
+                PERFORM hydra._wake_workers(enqueue.queue);
             END IF;
+            RETURN ROW('enqueued', v_id)::hydra.enqueue_result;
         END IF;
     END IF;
 
@@ -1482,9 +1490,11 @@ BEGIN
     IF v_done = '{}' THEN
         RETURN;
     END IF;
+    -- flows:begin
     -- Edges where these messages were the child are no longer needed.
     DELETE FROM hydra.dependency d WHERE d.child_id = ANY (v_done);
     PERFORM hydra._record_outcomes(v_done, true);
+    -- flows:end
     IF v_queues IS NOT NULL THEN
         PERFORM hydra._release_slots(v_queues, v_channels);
     END IF;
