@@ -515,7 +515,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
                 if args.count > 1
                 else [Client(conn).enqueue(payload, **options)]
             )
-        except psycopg.errors.DataException as exc:
+        except psycopg.DataError as exc:
             raise UsageError(str(exc).strip()) from exc
         except psycopg.Error as exc:
             raise Failure(f"enqueue failed: {str(exc).strip()}") from exc

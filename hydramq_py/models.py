@@ -99,7 +99,8 @@ class FailResult:
 
 @dataclass(frozen=True, slots=True)
 class MessageInfo:
-    """A message as stored, for inspection (``Client.inspect``); states per docs/design.md."""
+    """A message as stored, for inspection (``Client.inspect``); states per docs/design.md.
+    ``last_error`` is the error of its latest failed attempt (dead letters keep it)."""
 
     id: int
     queue: str
@@ -113,6 +114,7 @@ class MessageInfo:
     lease_expires_at: datetime | None
     available_at: datetime | None
     enqueued_at: datetime
+    last_error: str | None = None
 
 
 @dataclass(slots=True)

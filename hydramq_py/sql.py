@@ -176,8 +176,8 @@ COORDINATE: Final = (
 # hydra.message's columns (docs/design.md; channel '' is the default channel) and decide nothing.
 
 INSPECT_MESSAGE: Final = (
-    "SELECT id, queue, NULLIF(channel, ''), state, payload, priority, name, attempt, num_attempts,"
-    " lease_expires_at, available_at, enqueued_at"
+    "SELECT id, queue, NULLIF(channel, ''), state, payload, NULLIF(prio, -2147483648), name,"
+    " attempt, num_attempts, lease_expires_at, available_at, enqueued_at, last_error"
     " FROM hydra.message WHERE id = %(message_id)s::bigint"
 )
 
