@@ -12,6 +12,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -21,8 +22,15 @@ Conn = psycopg.Connection[Any]
 Leased = dict[str, Any]  # one row of hydra.dequeue()
 
 
+def numeric(options: dict[str, Any]) -> dict[str, Any]:
+    """Floats as Decimal: PostgreSQL picks no function for a float8 given to a numeric
+    argument."""
+    return {k: Decimal(str(v)) if isinstance(v, float) else v for k, v in options.items()}
+
+
 def enqueue(conn: Conn, payload: Any = None, **options: Any) -> int:
     """``hydra.enqueue(payload, <options as named arguments>)``; returns the new message id."""
+    options = numeric(options)
     args = "".join(f", {name} => %({name})s" for name in options)
     row = conn.execute(
         f"SELECT result, message_id FROM hydra.enqueue(%(payload)s::jsonb{args})",
@@ -34,6 +42,7 @@ def enqueue(conn: Conn, payload: Any = None, **options: Any) -> int:
 
 def enqueue_many(conn: Conn, messages: list[dict[str, Any]], **options: Any) -> list[int]:
     """``hydra.enqueue_many(messages, ...)``; returns the new ids in the order of ``messages``."""
+    options = numeric(options)
     args = "".join(f", {name} => %({name})s" for name in options)
     rows = conn.execute(
         f"SELECT ord, result, message_id FROM hydra.enqueue_many(%(m)s::jsonb{args}) ORDER BY ord",
@@ -73,7 +82,8 @@ def fail(conn: Conn, leased: Leased, retry: bool = True) -> dict[str, Any]:
 
 def heartbeat(conn: Conn, leased: Leased, extend_secs: float | None = None) -> Any:
     row = conn.execute(
-        "SELECT hydra.heartbeat(%s, %s, %s)", (leased["id"], leased["lease_token"], extend_secs)
+        "SELECT hydra.heartbeat(%s, %s, %s::numeric)",
+        (leased["id"], leased["lease_token"], extend_secs),
     ).fetchone()
     assert row is not None
     return row[0]
