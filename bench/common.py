@@ -39,12 +39,13 @@ class Sizes:
     fairness_quiet_channels: int
     fairness_quiet_each: int
     rounds: int
+    drain_timeout_s: float  # a drain run still unfinished after this is reported INCOMPLETE
 
     @classmethod
     def for_mode(cls, quick: bool) -> Sizes:
         if quick:
-            return cls(10_000, 2_000, 5, 300, 20, 3.0, 5_000, 100, 10, 1)
-        return cls(50_000, 10_000, 5, 1_000, 20, 8.0, 5_000, 100, 10, 3)
+            return cls(10_000, 2_000, 5, 300, 20, 3.0, 5_000, 100, 10, 1, 30.0)
+        return cls(50_000, 10_000, 5, 1_000, 20, 8.0, 5_000, 100, 10, 3, 90.0)
 
 
 @dataclass

@@ -184,7 +184,8 @@ def run_drain(ctx: Context, conn: psycopg.Connection, shape: Shape, system: str,
     settle(conn)
     if ctx.stats:
         conn.execute("SELECT pg_stat_statements_reset()")
-    res = drain(ctx.dsn, system, shape.messages, ctx.progress, CONNECTIONS_PER_PROCESS)
+    res = drain(ctx.dsn, system, shape.messages, ctx.progress, CONNECTIONS_PER_PROCESS,
+                timeout_s=ctx.sizes.drain_timeout_s)
     if ctx.stats:
         res.top_statements = top_statements(conn)
     left = leftover(conn, system)
@@ -197,6 +198,8 @@ def run_drain(ctx: Context, conn: psycopg.Connection, shape: Shape, system: str,
     elif left:
         baselines.reset(conn, "lq" if system == "lease" else "dq")
     status = f"{res.rate:>9,.0f} msgs/s  ({res.messages:,} in {res.seconds:.2f}s)"
+    if res.retries:
+        status += "  retried: " + ", ".join(f"{n} {k}" for k, n in res.retries.items())
     if not res.complete:
         status += f"  INCOMPLETE, {left} left"
     if res.errors:

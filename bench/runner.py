@@ -33,6 +33,7 @@ class RunResult:
     dequeue_calls: int = 0
     empty_dequeues: int = 0
     stale: int = 0
+    retries: dict[str, int] = field(default_factory=dict)  # aborted statements retried
     errors: list[str] = field(default_factory=list)
     top_statements: list[dict[str, Any]] | None = None  # --stats: pg_stat_statements
 
@@ -44,8 +45,17 @@ class RunResult:
         return {"messages": self.messages, "seconds": round(self.seconds, 4),
                 "msgs_per_s": round(self.rate, 1), "complete": self.complete,
                 "dequeue_calls": self.dequeue_calls, "empty_dequeues": self.empty_dequeues,
-                "stale_completions": self.stale, "errors": self.errors[:5],
+                "stale_completions": self.stale, "retries": self.retries,
+                "errors": self.errors[:5],
                 **({"top_statements": self.top_statements} if self.top_statements else {})}
+
+
+def _merge_counts(parts: Any) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for part in parts:
+        for key, n in part.items():
+            total[key] = total.get(key, 0) + n
+    return total
 
 
 def _connect_all(dsn: str, conns: int, ready_q: Any) -> list[psycopg.Connection]:
@@ -71,6 +81,24 @@ def _await_ready(ready_q: Any, procs: list[Any], start_evt: Any, stop_evt: Any) 
 # --------------------------------------------------------------------------------------------
 # drain
 # --------------------------------------------------------------------------------------------
+# A worker retries a statement that the server aborted to break a deadlock or a serialization
+# conflict, as a real driver would; each retry is counted and reported.
+RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+MAX_RETRIES = 10
+
+
+def _retrying(fn: Any, counts: dict[str, int], stop_evt: Any, *args: Any) -> Any:
+    for attempt in range(MAX_RETRIES + 1):
+        try:
+            return fn(*args)
+        except RETRYABLE as exc:
+            key = type(exc).__name__
+            counts[key] = counts.get(key, 0) + 1
+            if attempt == MAX_RETRIES or stop_evt.is_set():
+                raise
+    raise AssertionError("unreachable")
+
+
 def _drain_thread(system_name: str, batch: int, expected: int, counter: Any,
                   start_evt: Any, stop_evt: Any, conn: psycopg.Connection,
                   out: dict[str, Any]) -> None:
@@ -79,9 +107,10 @@ def _drain_thread(system_name: str, batch: int, expected: int, counter: Any,
     start_evt.wait()
     calls = empties = stale = 0
     last_done = 0.0
+    retries: dict[str, int] = {}
     try:
         while not stop_evt.is_set():
-            ids, tokens = system.dequeue(conn, batch)
+            ids, tokens = _retrying(system.dequeue, retries, stop_evt, conn, batch)
             calls += 1
             if not ids:
                 empties += 1
@@ -90,7 +119,7 @@ def _drain_thread(system_name: str, batch: int, expected: int, counter: Any,
                 backoff.sleep()
                 continue
             backoff.reset()
-            done = system.complete(conn, ids, tokens)
+            done = _retrying(system.complete, retries, stop_evt, conn, ids, tokens)
             stale += len(ids) - done
             last_done = time.monotonic()
             with counter.get_lock():
@@ -101,7 +130,7 @@ def _drain_thread(system_name: str, batch: int, expected: int, counter: Any,
     except Exception:  # noqa: BLE001 - reported to the parent, which marks the run failed
         out["error"] = traceback.format_exc(limit=3)
         stop_evt.set()
-    out.update(calls=calls, empties=empties, stale=stale, last_done=last_done)
+    out.update(calls=calls, empties=empties, stale=stale, last_done=last_done, retries=retries)
 
 
 def _drain_process(dsn: str, system_name: str, batch: int, conns: int, expected: int,
@@ -162,6 +191,7 @@ def drain(dsn: str, system_name: str, expected: int, progress: Progress,
                     dequeue_calls=sum(o.get("calls", 0) for o in outs),
                     empty_dequeues=sum(o.get("empties", 0) for o in outs),
                     stale=sum(o.get("stale", 0) for o in outs),
+                    retries=_merge_counts(o.get("retries", {}) for o in outs),
                     errors=[o["error"] for o in outs if "error" in o])
     if len(results) < len(procs):
         res.complete = False
