@@ -60,7 +60,8 @@ class Daemon:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"process did not exit within {timeout}s; log:\n{self.log}")
+            msg = f"process did not exit within {timeout}s; log:\n{self.log}"
+            raise AssertionError(msg) from None
 
     def alive(self) -> bool:
         return self.proc.poll() is None
