@@ -41,6 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "wheel) or debian (PostgreSQL 15 binaries)")
     ap.add_argument("--phases", default=",".join(p.name for p in PHASES),
                     help="comma-separated subset of: " + ", ".join(p.name for p in PHASES))
+    ap.add_argument("--shapes", default="",
+                    help="drain shapes to run, e.g. S1,S3 (default: all)")
     ap.add_argument("--rounds", type=int, default=None,
                     help="repeat every measurement this many times (median reported; default "
                          "3, or 1 with --quick)")
@@ -154,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"synchronous_commit={srv['settings'].get('synchronous_commit')}, "
                       f"hydramq {srv['hydramq_version'] or 'not installed'}")
         ctx = Context(dsn=setup.dsn, sizes=sizes, progress=progress, hydramq=setup.hydramq,
-                      stats=setup.stats)
+                      stats=setup.stats,
+                      shapes=tuple(x.strip().upper() for x in args.shapes.split(",") if x.strip()))
         for ph in PHASES:
             if ph.name not in wanted:
                 continue

@@ -44,7 +44,7 @@ class Sizes:
     @classmethod
     def for_mode(cls, quick: bool) -> Sizes:
         if quick:
-            return cls(10_000, 2_000, 5, 300, 20, 3.0, 5_000, 100, 10, 1, 30.0)
+            return cls(20_000, 4_000, 5, 300, 20, 3.0, 5_000, 100, 10, 1, 30.0)
         return cls(50_000, 10_000, 5, 1_000, 20, 8.0, 5_000, 100, 10, 3, 90.0)
 
 
@@ -56,6 +56,7 @@ class Context:
     sizes: Sizes
     progress: Progress
     hydramq: bool  # False when the extension could not be created: baselines only
+    shapes: tuple[str, ...] = ()  # drain shapes to run (empty: all)
     stats: bool = False  # pg_stat_statements available: keep each run's top statements
     results: dict[str, Any] = field(default_factory=dict)
 

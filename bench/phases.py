@@ -128,6 +128,22 @@ def guarded(ctx: Context, conn: psycopg.Connection, system: str,
         return RunResult(messages=0, seconds=0.0, complete=False, errors=[str(exc).strip()])
 
 
+def summarize(runs: dict[str, list[dict[str, Any]]]) -> tuple[dict[str, float | None],
+                                                                list[str]]:
+    """Median msgs/s per system over its complete runs. A system none of whose runs
+    completed (timed out, errors) gets the median of its partial rates instead and is listed
+    in the second value, so that the report can mark it."""
+    rates: dict[str, float | None] = {}
+    incomplete: list[str] = []
+    for system, rs in runs.items():
+        done = [x["msgs_per_s"] for x in rs if x["complete"]]
+        if not done and rs:
+            incomplete.append(system)
+            done = [x["msgs_per_s"] for x in rs]
+        rates[system] = median(done)
+    return rates, incomplete
+
+
 def systems_for(ctx: Context) -> list[str]:
     return ["hydramq", "lease", "delete"] if ctx.hydramq else ["lease", "delete"]
 
@@ -210,7 +226,7 @@ def run_drain(ctx: Context, conn: psycopg.Connection, shape: Shape, system: str,
 
 @phase("drain", "drain throughput, 2 processes x 10 connections, batch 100 (S1, S2, S3)")
 def drain_phase(ctx: Context) -> None:
-    shapes = drain_shapes(ctx)
+    shapes = [sh for sh in drain_shapes(ctx) if not ctx.shapes or sh.name in ctx.shapes]
     systems = systems_for(ctx)
     out: dict[str, Any] = {}
     for shape in shapes:
@@ -230,8 +246,7 @@ def drain_phase(ctx: Context) -> None:
                     out[shape.name]["runs"][system].append(res.as_dict())
     for shape in shapes:
         entry = out[shape.name]
-        rates = {s: median([x["msgs_per_s"] for x in runs if x["complete"]])
-                 for s, runs in entry["runs"].items()}
+        rates, entry["incomplete"] = summarize(entry["runs"])
         entry["median_msgs_per_s"] = rates
         entry["ratio_to_lease"] = ratio(rates.get("hydramq"), rates.get("lease"))
         entry["ratio_to_delete"] = ratio(rates.get("hydramq"), rates.get("delete"))
@@ -296,8 +311,7 @@ def enqueue_phase(ctx: Context) -> None:
             purge_hydramq(conn)
         baselines.reset(conn, "plain")
     for entry in out.values():
-        rates = {s: median([x["msgs_per_s"] for x in runs if x["complete"]])
-                 for s, runs in entry["runs"].items()}
+        rates, entry["incomplete"] = summarize(entry["runs"])
         entry["median_msgs_per_s"] = rates
         entry["ratio_to_plain"] = ratio(rates.get("hydramq"), rates.get("plain"))
 

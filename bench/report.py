@@ -46,8 +46,13 @@ def _verdict(value: float | None, target: float | None) -> str:
     return f">= {target:.2f}  {'PASS' if value >= target else 'MISS'}"
 
 
+def _rate(medians: dict[str, float | None], system: str, incomplete: list[str]) -> str:
+    return fmt_rate(medians.get(system)) + ("*" if system in incomplete else "")
+
+
 def render(results: dict[str, Any]) -> str:
     lines: list[str] = []
+    incomplete = False
     drain = results.get("drain")
     if drain:
         lines.append("Drain throughput (msgs/s, median of rounds; 2 procs x 10 conns, batch 100, "
@@ -62,8 +67,10 @@ def render(results: dict[str, Any]) -> str:
                 desc += " cap1"
             m = entry.get("median_msgs_per_s", {})
             r = entry.get("ratio_to_lease")
-            lines.append(f"{desc:<28}{fmt_rate(m.get('hydramq')):>10}"
-                         f"{fmt_rate(m.get('lease')):>10}{fmt_rate(m.get('delete')):>10}"
+            bad = entry.get("incomplete", [])
+            incomplete |= bool(bad)
+            lines.append(f"{desc:<28}{_rate(m, 'hydramq', bad):>10}"
+                         f"{_rate(m, 'lease', bad):>10}{_rate(m, 'delete', bad):>10}"
                          f"{fmt_ratio(r):>10}{fmt_ratio(entry.get('ratio_to_delete')):>10}"
                          f"   {_verdict(r, _target_for('drain', key))}")
         lines.append("")
@@ -76,10 +83,15 @@ def render(results: dict[str, Any]) -> str:
         for key, entry in enq.items():
             m = entry.get("median_msgs_per_s", {})
             r = entry.get("ratio_to_plain")
+            bad = entry.get("incomplete", [])
+            incomplete |= bool(bad)
             lines.append(f"{key + ' (' + entry['params']['description'] + ')':<28.28}"
-                         f"{fmt_rate(m.get('hydramq')):>10}{fmt_rate(m.get('plain')):>10}"
+                         f"{_rate(m, 'hydramq', bad):>10}{_rate(m, 'plain', bad):>10}"
                          f"{fmt_ratio(r):>10}   {_verdict(r, _target_for('enqueue', key))}")
         lines.append("")
+    if incomplete:
+        lines += ["* no run of this system finished (timeout or errors; see the JSON): the rate "
+                  "shown is over the part done", ""]
     fair = results.get("fairness")
     if fair and "skipped" not in fair:
         lines.append("Fairness (1 noisy channel x {noisy_messages:,}, then {quiet_channels} "

@@ -101,9 +101,15 @@ def _retrying(fn: Any, counts: dict[str, int], stop_evt: Any, *args: Any) -> Any
 
 def _drain_thread(system_name: str, batch: int, expected: int, counter: Any,
                   start_evt: Any, stop_evt: Any, conn: psycopg.Connection,
-                  out: dict[str, Any]) -> None:
+                  out: dict[str, Any], ready: threading.Semaphore) -> None:
     system = DRAIN_SYSTEMS[system_name]
     backoff = Backoff()
+    try:
+        system.warm_up(conn)
+    except Exception:  # noqa: BLE001 - reported to the parent, which marks the run failed
+        out["error"] = traceback.format_exc(limit=3)
+        stop_evt.set()
+    ready.release()
     start_evt.wait()
     calls = empties = stale = 0
     last_done = 0.0
@@ -138,12 +144,15 @@ def _drain_process(dsn: str, system_name: str, batch: int, conns: int, expected:
                    result_q: Any) -> None:
     connections = _connect_all(dsn, conns, ready_q)
     outs: list[dict[str, Any]] = [{} for _ in connections]
+    warmed = threading.Semaphore(0)
     threads = [threading.Thread(target=_drain_thread,
                                 args=(system_name, batch, expected, counter, start_evt,
-                                      stop_evt, c, o), daemon=True)
+                                      stop_evt, c, o, warmed), daemon=True)
                for c, o in zip(connections, outs, strict=True)]
     for t in threads:
         t.start()
+    for _ in threads:
+        warmed.acquire()
     ready_q.put(os.getpid())
     for t in threads:
         t.join()

@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 
 QUEUE = "bench"
+WARMUP_QUEUE = "bench_warmup"  # always empty
 
 # --------------------------------------------------------------------------------------------
 # hydramq (the public API only; docs/design.md)
@@ -81,6 +82,18 @@ class DrainSystem:
         params: tuple[Any, ...] = (QUEUE, batch) if self.name == "hydramq" else (batch,)
         rows = conn.execute(self.dequeue_sql, params).fetchall()
         return [r[0] for r in rows], [r[1] for r in rows]
+
+    def warm_up(self, conn: psycopg.Connection) -> None:
+        """Run the dequeue and complete statements once, untimed, on nothing (hydramq: an empty
+        queue; baselines: LIMIT 0), so that no timed batch pays for a session's first call
+        (PL/pgSQL compilation, plan caching). Workers are long-lived; the drain measures
+        their steady state."""
+        if self.name == "hydramq":
+            conn.execute(self.dequeue_sql, (WARMUP_QUEUE, 1)).fetchall()
+        else:
+            conn.execute(self.dequeue_sql, (0,)).fetchall()
+        if self.complete_sql is not None:
+            conn.execute(self.complete_sql, ([], []))
 
     def complete(self, conn: psycopg.Connection, ids: list[int], tokens: list[Any]) -> int:
         """Finish a dequeued batch; returns how many were accepted (fewer = stale leases)."""
