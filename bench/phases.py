@@ -357,6 +357,7 @@ def fairness_phase(ctx: Context) -> None:
             doc = json.dumps([{"payload": {"n": i}, "channel": f"quiet{q}"}
                               for i in range(s.fairness_quiet_each)])
             conn.execute(HYDRA_FILL, (doc, FAIR_QUEUE))
+        settle(conn)
         quiet_seen = 0
         t0 = time.monotonic()
         while quiet_seen < quiet_total and len(served) < len(expected):
