@@ -100,33 +100,40 @@ def reference_next(expr: str, after: datetime, tz: str) -> datetime:
     zone = ZoneInfo(tz)
     hour_any = croniter.expand(expr)[0][1] == ["*"]
     wall_after = after.astimezone(zone).replace(tzinfo=None)
-    walls = croniter(expr, wall_after - timedelta(hours=3))  # repeated walls lie behind
+    # Near a fall-back, wall-clock order is not time order: look one overlap (<= 1 hour in
+    # the tested zones) behind p_after's wall time and past the best candidate.
+    margin = OVERLAP if touches_fall_back(tz, after, after) else timedelta(0)
+    walls = croniter(expr, wall_after - margin)
     best: datetime | None = None
     best_wall = wall_after
     while True:
         wall = walls.get_next(datetime)
-        if best is not None and wall > best_wall + timedelta(hours=3):
+        if best is not None and wall > best_wall + margin:
             return best
         for instant in fire_instants(wall, zone, hour_any):
             if instant > after and (best is None or instant < best):
                 best, best_wall = instant, wall
+                if touches_fall_back(tz, after, best):
+                    margin = OVERLAP
 
 
-def _fall_backs(tz: str) -> list[datetime]:
-    """Instants (2019-2042) at which ``tz`` turns its clocks back."""
+def _transitions(tz: str) -> list[tuple[datetime, timedelta]]:
+    """(instant, change of UTC offset) of every clock change of ``tz`` in 2019-2042."""
     zone = ZoneInfo(tz)
     found = []
     day = datetime(2019, 1, 1, tzinfo=UTC)
     while day.year < 2043:
         nxt = day + timedelta(days=1)
         before, after = day.astimezone(zone).utcoffset(), nxt.astimezone(zone).utcoffset()
-        if before is not None and after is not None and after < before:
-            found.append(_transition(zone, day, nxt))
+        if before is not None and after is not None and after != before:
+            found.append((_transition(zone, day, nxt), after - before))
         day = nxt
     return found
 
 
-FALL_BACKS = {tz: _fall_backs(tz) for tz in ZONES}
+TRANSITIONS = {tz: _transitions(tz) for tz in ZONES}
+FALL_BACKS = {tz: [t for t, change in TRANSITIONS[tz] if change < timedelta(0)] for tz in ZONES}
+OVERLAP = max(-change for tz in ZONES for _, change in TRANSITIONS[tz] if change < timedelta(0))
 
 
 def touches_fall_back(tz: str, start: datetime, end: datetime) -> bool:
@@ -255,27 +262,12 @@ def cron_exprs(draw: st.DrawFn) -> str:
     return expr
 
 
-def _near_transitions(tz: str) -> list[datetime]:
-    """Spring-forward and fall-back instants of ``tz`` in 2020-2032 (none for UTC)."""
-    zone = ZoneInfo(tz)
-    found = []
-    day = datetime(2020, 1, 1, tzinfo=UTC)
-    while day.year < 2033:
-        nxt = day + timedelta(days=1)
-        if day.astimezone(zone).utcoffset() != nxt.astimezone(zone).utcoffset():
-            found.append(_transition(zone, day, nxt))
-        day = nxt
-    return found
-
-
-TRANSITIONS = {tz: _near_transitions(tz) for tz in ZONES}
-
-
 @st.composite
 def starts(draw: st.DrawFn, tz: str) -> datetime:
     """A start instant in 2020-2032: uniform, or within a few hours of a DST transition."""
-    if TRANSITIONS[tz] and draw(st.booleans()):
-        base = draw(st.sampled_from(TRANSITIONS[tz]))
+    changes = [t for t, _ in TRANSITIONS[tz] if 2020 <= t.year <= 2032]
+    if changes and draw(st.booleans()):
+        base = draw(st.sampled_from(changes))
         return base + timedelta(seconds=draw(st.integers(-6 * 3600, 3 * 3600)))
     seconds = draw(
         st.integers(0, int((datetime(2033, 1, 1) - datetime(2020, 1, 1)).total_seconds()))
