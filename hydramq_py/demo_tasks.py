@@ -47,3 +47,7 @@ def record_event(event: Event) -> None:
             os.path.join(folder, f"events-{os.getpid()}.jsonl"), "a", buffering=1
         )
     _sink.write(json.dumps(event.as_dict(), default=str) + "\n")
+
+
+async def noop(message: Message) -> None:
+    """Does nothing: for measuring what the driver itself costs (``make bench``)."""

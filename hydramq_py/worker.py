@@ -231,7 +231,8 @@ class Worker:
                 if self._listener is not None:
                     await self._listener.busy()
                 self.stats.dequeued += len(leased)
-                await self.events.dispatch(dequeued_events(m for m, _ in leased))
+                if self.events:
+                    await self.events.dispatch(dequeued_events(m for m, _ in leased))
                 for message, lease_secs in leased:
                     self._start(message, lease_secs)
                 continue
@@ -280,7 +281,20 @@ class Worker:
             )
 
     async def _process(self, message: Message, lease_secs: float) -> None:
-        beat = asyncio.create_task(self._heartbeat(message, lease_secs)) if lease_secs > 0 else None
+        # Heartbeats start only for handlers still running at half their lease: a timer, not
+        # a task per message, so short handlers cost nothing here.
+        loop = asyncio.get_running_loop()
+        beat: list[asyncio.Task[None]] = []
+        timer = (
+            loop.call_later(
+                lease_secs / 2,
+                lambda: beat.append(
+                    loop.create_task(self._heartbeat(message, loop.time() + lease_secs / 2))
+                ),
+            )
+            if lease_secs > 0
+            else None
+        )
         error: str | None = None
         retry = True
         try:
@@ -302,8 +316,10 @@ class Worker:
                 exc_info=log.isEnabledFor(logging.DEBUG),
             )
         finally:
-            if beat is not None:
-                beat.cancel()
+            if timer is not None:
+                timer.cancel()
+            for task in beat:
+                task.cancel()
         if error is None:
             self._acks.complete(message)
         else:
@@ -322,12 +338,11 @@ class Worker:
         if inspect.isawaitable(result):
             await result
 
-    async def _heartbeat(self, message: Message, lease_secs: float) -> None:
-        """Extend the lease each time half of what remains of it has passed."""
+    async def _heartbeat(self, message: Message, deadline: float) -> None:
+        """Extend the lease now, then each time half of what remains of it has passed.
+        ``deadline`` is the current lease end on the loop's clock."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + lease_secs
         while True:
-            await asyncio.sleep(max((deadline - loop.time()) / 2, 0.05))
             try:
                 async with self._pool.connection(
                     timeout=max((deadline - loop.time()) / 4, 0.5)
@@ -335,6 +350,7 @@ class Worker:
                     hb = await arun(conn, calls.heartbeat(message.id, message.lease_token, None))
             except psycopg.Error as exc:
                 log.warning("%s: heartbeat for message %s failed: %s", self.name, message.id, exc)
+                await asyncio.sleep(max((deadline - loop.time()) / 4, 0.05))
                 continue
             if hb is None:
                 log.warning(
@@ -346,6 +362,7 @@ class Worker:
                 return
             deadline = loop.time() + hb[1]
             log.debug("%s: lease of message %s extended to %s", self.name, message.id, hb[0])
+            await asyncio.sleep(max((deadline - loop.time()) / 2, 0.05))
 
 
 class _Acks:
@@ -418,7 +435,8 @@ class _Acks:
                         self.w.name,
                         stale,
                     )
-                await self.w.events.dispatch(completed_events(ok))
+                if self.w.events:
+                    await self.w.events.dispatch(completed_events(ok))
         for retry in (True, False):
             group = [f for f in failed if f[2] is retry]
             if not group:

@@ -373,3 +373,18 @@ def test_events_arrive_after_commit_in_a_valid_order_per_message(
     finalized = [e for evs in by_pid.values() for e in evs if e["event"] == "MESSAGE_FINALIZED"]
     assert {e["id"]: e["detail"]["success"] for e in finalized if e["id"] == doomed} == {
         doomed: False}
+
+
+def test_heartbeats_keep_a_long_handler_from_being_redelivered(
+    db: Conn, spawn: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    [mid] = enqueue(db, 1, payload={"sleep": 3.0}, max_processing_secs=1, num_attempts=3,
+                    lock_secs=0.1)
+    spawn("coordinator", "--interval", "0.1", name="coordinator")  # would expire the lease
+    w = spawn("worker", "driver_tasks:handle", "--slots", "2", name="worker")
+    wait_until(lambda: count(db) == 0, 15, "the long message to complete")
+    w.signal(signal.SIGTERM)
+    assert w.wait(20) == 0, w.log
+    assert starts(tmp_path) == [(mid, 1, w.proc.pid)], "the lease expired despite heartbeats"
+    assert "lease lost" not in w.log and "refused" not in w.log
+    assert f"lease of message {mid} extended" in w.log
