@@ -147,11 +147,18 @@ def cap_violations(conn: Conn) -> list[tuple[Any, ...]]:
 
 
 class Threads:
-    """Runs ``fn(i)`` for i in range(n), each in its own thread, until ``stop`` is set or the
-    functions return; ``join()`` re-raises the first exception any of them raised."""
+    """Runs ``fn(i)`` for i in range(n), each in its own thread. ``stop`` (shared between
+    groups when given) is set by ``join()`` and by the first function that raises;
+    ``join()`` re-raises that exception."""
 
-    def __init__(self, n: int, fn: Callable[[int], None], name: str = "worker") -> None:
-        self.stop = threading.Event()
+    def __init__(
+        self,
+        n: int,
+        fn: Callable[[int], None],
+        name: str = "worker",
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.stop = stop or threading.Event()
         self.errors: list[BaseException] = []
         self._threads = [
             threading.Thread(target=self._run, args=(fn, i), name=f"{name}-{i}", daemon=True)
