@@ -445,9 +445,11 @@ BEGIN
 END;
 $$;
 
+-- The two public functions run as the extension owner (SECURITY DEFINER) so that a role
+-- granted EXECUTE on them needs nothing on the hydra._cron_* helpers; they read no table.
 CREATE FUNCTION hydra.cron_validate(expr text)
 RETURNS void
-LANGUAGE plpgsql IMMUTABLE
+LANGUAGE plpgsql IMMUTABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -460,7 +462,7 @@ $$;
 
 CREATE FUNCTION hydra.cron_next(expr text, after timestamptz, tz text DEFAULT 'UTC')
 RETURNS timestamptz
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET TimeZone = 'UTC'
 AS $$
