@@ -645,6 +645,9 @@ def _print_table(rows: list[list[str]]) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    if not args.verbose:  # the live view is the output; keep routine logs out of it
+        logging.getLogger("hydramq").setLevel(logging.WARNING)
+
     return run_demo(
         dsn=args.dsn or os.environ.get("DATABASE_URL"),
         live=not args.no_live,

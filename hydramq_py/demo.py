@@ -141,7 +141,7 @@ def enqueue_workload(conn: psycopg.Connection[Any], queue: str) -> Plan:
     with conn.transaction():
         noisy = []
         for i in range(N_NOISY):
-            msg: dict[str, Any] = {"payload": {"what": "bulk", "work": 0.035 + (i % 7) * 0.005}}
+            msg: dict[str, Any] = {"payload": {"what": "bulk", "work": 0.05 + (i % 7) * 0.005}}
             if i % 400 == 399:
                 msg["payload"]["always_fail"] = True  # fails each of its 2 attempts
                 msg.update(num_attempts=2, lock_secs=0.3)
@@ -248,17 +248,8 @@ class View:
         if p.schedule:
             head += f"  ·  schedule fired {tally.fired}×"
         lines = [head, ""]
-        n = tally.finished(NOISY)
-        lines.append(
-            f" {NOISY:<12} noisy   {self._c('33', _bar(n, N_NOISY, 30))} "
-            f"{n:>5,}/{N_NOISY:,}  enqueued first"
-        )
-        c = tally.finished(CAPPED)
-        lines.append(
-            f" {CAPPED:<12} capped  {self._c('36', _bar(c, N_CAPPED, 30))} "
-            f"{c:>5,}/{N_CAPPED:,}  processing now {processing_capped} "
-            f"(max_concurrency 2, peak {self.capped_max})"
-        )
+        total_quiet = N_QUIET * len(QUIET)
+        n, c = tally.finished(NOISY), tally.finished(CAPPED)
         q = sum(tally.finished(t) for t in QUIET)
         done_tenants = sum(tally.finished(t) >= N_QUIET for t in QUIET)
         note = f"{done_tenants}/{len(QUIET)} tenants done"
@@ -267,33 +258,39 @@ class View:
                 f"all done at {self.quiet_done_at:.1f}s (noisy then at "
                 f"{self.noisy_at_quiet_done}/{N_NOISY})"
             )
-        lines.append(
-            f" {len(QUIET)} quiet tenants {self._c('32', _bar(q, N_QUIET * len(QUIET), 30))} "
-            f"{q:>5,}/{N_QUIET * len(QUIET):,}  {note}"
-        )
+        rows = [
+            (f"{NOISY} (noisy)", "33", n, N_NOISY, "enqueued first"),
+            (
+                f"{CAPPED} (capped)",
+                "36",
+                c,
+                N_CAPPED,
+                f"processing now {processing_capped} (max_concurrency 2, peak {self.capped_max})",
+            ),
+            (f"{len(QUIET)} quiet tenants", "32", q, total_quiet, note),
+        ]
+        for label, color, done, total, text in rows:
+            bar = self._c(color, _bar(done, total, 30))
+            lines.append(f" {label:<20} {bar} {done:>5,}/{total:<5,} {text}")
         row = []
         for i, t in enumerate(QUIET, 1):
             row.append(f"{t} {self._c('32', _bar(tally.finished(t), N_QUIET, 5))}")
-            if i % 8 == 0:
-                lines.append("     " + "  ".join(row))
+            if i % 8 == 0 or i == len(QUIET):
+                lines.append(" " * 22 + "  ".join(row))
                 row = []
-        if row:
-            lines.append("     " + "  ".join(row))
 
         def g(name: str) -> str:
             return f"{name} {tally.node.get(p.dag_ids[name], '·')}"
 
+        pad = " " * 22
         lines.append(
-            f" {DAG:<12} DAG     {g('extract-a')} {g('extract-b')} {g('extract-c')}"
+            f" {DAG + ' (DAG)':<20} {g('extract-a')} {g('extract-b')} {g('extract-c')}"
             f" → {g('transform')} → {g('load')} → {g('report')}"
         )
         lines.append(
-            f" {'':<12}         {g('extract-flaky')} → {g('publish')} (cascade) · "
-            f"{g('audit')} (no cascade)"
+            f"{pad}{g('extract-flaky')} → {g('publish')} (cascade) · {g('audit')} (no cascade)"
         )
-        lines.append(
-            f" {'':<12}         · waiting  ▶ running  ↻ retrying  ✓ done  ✗ failed  ⊘ not run"
-        )
+        lines.append(f"{pad}· waiting  ▶ running  ↻ retrying  ✓ done  ✗ failed  ⊘ not run")
         return lines
 
     def show(self, lines: list[str], *, full: bool = False) -> None:
