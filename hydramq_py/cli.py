@@ -607,7 +607,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"... and {len(ordered) - len(shown)} more channel(s) (--limit 0 shows all)")
     if schedules:
         print()
-        sched = [["schedule", "queue", "channel", "cron", "tz", "next fire", "last fire"]]
+        sched = [["schedule", "queue", "channel", "cron", "tz", "next fire", "last fire", "error"]]
         for sc in schedules:
             sched.append(
                 [
@@ -618,6 +618,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                     sc.tz,
                     _fmt_time(sc.next_fire_at),
                     _fmt_time(sc.last_fire_at),
+                    sc.last_error or "",
                 ]
             )
         _print_table(sched)
@@ -625,7 +626,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _fmt_time(value: Any) -> str:
-    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S%z")
+    if value is None:
+        return "-"
+    if value.year >= 9999:  # 'infinity': a stopped schedule
+        return "never"
+    return str(value.strftime("%Y-%m-%d %H:%M:%S %Z")).strip()
 
 
 def _print_table(rows: list[list[str]]) -> None:

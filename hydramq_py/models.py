@@ -146,7 +146,8 @@ class ChannelPolicy:
 
 @dataclass(frozen=True, slots=True)
 class Schedule:
-    """A cron schedule (row of the ``hydra.schedules`` view)."""
+    """A cron schedule (row of the ``hydra.schedules`` view). ``next_fire_at`` is 'infinity'
+    (``datetime.max``) for a schedule that stopped; ``last_error`` says why."""
 
     queue: str
     channel: str | None
@@ -155,3 +156,4 @@ class Schedule:
     tz: str
     next_fire_at: datetime | None
     last_fire_at: datetime | None
+    last_error: str | None = None  # why the last tick enqueued nothing

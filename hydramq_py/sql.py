@@ -160,7 +160,8 @@ SCHEDULE_CLEAR: Final = (
 )
 
 SCHEDULE_LIST: Final = (
-    "SELECT queue, channel, name, cron, tz, next_fire_at, last_fire_at FROM hydra.schedules"
+    "SELECT queue, channel, name, cron, tz, next_fire_at, last_fire_at, last_error"
+    " FROM hydra.schedules"
     " WHERE %(queue)s::text IS NULL OR queue = %(queue)s::text"
     " ORDER BY queue, channel NULLS FIRST, name"
 )

@@ -104,15 +104,18 @@ def test_status_shows_counts_per_channel_and_policies(
     client.channel_policy_set("beta", max_concurrency=2)
     client.channel_policy_set("gamma", max_size=10, queue="other")
     client.dequeue(batch=1)
+    client.schedule_set("hourly-report", "@hourly", {"r": 1}, channel="alpha")
     assert main(["status", "--dsn", dsn]) == 0
     out = capsys.readouterr().out
-    lines = {line.split()[1]: line.split() for line in out.splitlines()[2:] if line.strip()}
+    table = out.split("\n\n")[0]
+    lines = {line.split()[1]: line.split() for line in table.splitlines()[2:] if line.strip()}
     header = out.splitlines()[1].split()
     assert header[:8] == ["queue", "channel", "ready", "parked", "processing", "locked",
                           "pending", "failed"]
     assert lines["alpha"][2:8] == ["2", "0", "1", "0", "0", "0"]
     assert lines["beta"][2:8] == ["0", "0", "0", "0", "1", "0"]
     assert "max_concurrency=2" in out and "max_size=10" in out
+    assert "hourly-report" in out and "@hourly" in out
     assert main(["status", "--dsn", dsn, "--json", "--queue", "default"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert {c["channel"]: c["ready"] for c in data["channels"]} == {"alpha": 2, "beta": 0}

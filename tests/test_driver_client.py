@@ -89,6 +89,14 @@ def _scenario_steps() -> list[tuple[str, Callable[[Any, dict[str, Any]], Any]]]:
         ("policy clear", lambda c, st: c.channel_policy_clear("c", queue=q)),
         ("policy clear again", lambda c, st: c.channel_policy_clear("c", queue=q)),
         ("status after", lambda c, st: c.queue_status(q)),
+        ("schedule set", lambda c, st: c.schedule_set(
+            "nightly", "0 3 * * *", {"job": "report"}, queue=q, channel="a", tz="Europe/Paris",
+            num_attempts=2)),
+        ("schedule list", lambda c, st: c.schedule_list(q)),
+        ("cron_next", lambda c, st: c.cron_next(
+            "0 3 * * *", datetime(2026, 3, 28, 12, tzinfo=timezone.utc), "Europe/Paris")),
+        ("schedule clear", lambda c, st: c.schedule_clear("nightly", queue=q, channel="a")),
+        ("schedule clear again", lambda c, st: c.schedule_clear("nightly", queue=q, channel="a")),
     ]
 
 
@@ -145,6 +153,13 @@ def test_sync_and_async_clients_give_identical_results(dsn: str, db: Conn) -> No
     assert results["inspect"].state == "failed" and results["inspect missing"] is None
     assert results["policy clear"] is True and results["policy clear again"] is False
     assert [p.max_concurrency for p in results["policies"]] == [3]
+    [sched] = results["schedule list"]
+    assert (sched.name, sched.cron, sched.tz, sched.channel) == (
+        "nightly", "0 3 * * *", "Europe/Paris", "a")
+    assert sched.next_fire_at == results["schedule set"]
+    # 03:00 Paris on 29 March 2026 is after the spring-forward: UTC+2
+    assert results["cron_next"] == datetime(2026, 3, 29, 1, tzinfo=timezone.utc)
+    assert results["schedule clear"] is True and results["schedule clear again"] is False
 
 
 def test_client_runs_inside_the_callers_transaction(dsn: str, db: Conn, connect: Any) -> None:
