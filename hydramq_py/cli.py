@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -726,7 +727,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(
             name,
             help=help_,
-            description=description,
+            description="\n\n".join(textwrap.fill(p, 88) for p in description.split("\n\n")),
             parents=[common],
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
