@@ -33,8 +33,10 @@ BEGIN
 END
 $$;
 
--- A queue with capped channels: admits up to each cap, parks the excess out of the ready
--- order (a slot release moves it back), and tries again while the batch is not full.
+-- A queue with capped channels: admits up to each cap and parks the excess out of the ready
+-- order (a slot release moves it back), so later dequeues never scan it again. A channel whose
+-- limit row another session holds is skipped for this call, so a dequeue never waits for a
+-- lock: it cannot take part in a deadlock. Each turn looks further down the ready order.
 CREATE FUNCTION hydra._dequeue_capped(p_queue text, p_batch integer)
 RETURNS SETOF hydra.message
 LANGUAGE plpgsql
@@ -43,16 +45,17 @@ SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     v_left     integer := p_batch;
+    v_fetch    integer := p_batch;
     v_turn     integer := 0;
+    v_seen     bigint[] := '{}';
     v_ids      bigint[];
     v_channels text[];
     v_holds    boolean[];
     v_lchan    text[];
-    v_lmax     integer[];
-    v_lin      integer[];
+    v_lfree    integer[];
     v_got      integer;
 BEGIN
-    -- Lock order: candidates (SKIP LOCKED), then limit rows sorted by channel.
+    -- Locks: candidates and limit rows, both with SKIP LOCKED.
     LOOP
         v_turn := v_turn + 1;
         SELECT array_agg(c.id ORDER BY c.prio DESC, c.vtime, c.id),
@@ -61,69 +64,78 @@ BEGIN
           INTO v_ids, v_channels, v_holds
           FROM (SELECT m.id, m.channel, m.holds_slot, m.prio, m.vtime
                   FROM hydra.message m
-                 WHERE m.queue = p_queue AND m.state = 'ready'
+                 WHERE m.queue = p_queue AND m.state = 'ready' AND m.id <> ALL (v_seen)
                  ORDER BY m.prio DESC, m.vtime, m.id
-                 LIMIT v_left
+                 LIMIT v_fetch
                    FOR NO KEY UPDATE SKIP LOCKED) c;
         EXIT WHEN v_ids IS NULL;
+        -- Rows looked at stay locked by us until commit: never pick them again.
+        v_seen := v_seen || v_ids;
 
-        SELECT coalesce(array_agg(l.channel ORDER BY l.channel), '{}'),
-               coalesce(array_agg(l.max_concurrency ORDER BY l.channel), '{}'),
-               coalesce(array_agg(l.in_flight ORDER BY l.channel), '{}')
-          INTO v_lchan, v_lmax, v_lin
+        SELECT coalesce(array_agg(l.channel), '{}'),
+               coalesce(array_agg(l.max_concurrency - l.in_flight), '{}')
+          INTO v_lchan, v_lfree
           FROM (SELECT cl.channel, cl.max_concurrency, cl.in_flight
                   FROM hydra.channel_limit cl
                  WHERE cl.queue = p_queue AND cl.max_concurrency IS NOT NULL
                    AND cl.channel = ANY (ARRAY(SELECT u.c FROM unnest(v_channels, v_holds) u(c, h)
                                                WHERE NOT u.h))
-                 ORDER BY cl.channel
-                   FOR NO KEY UPDATE) l;
+                   FOR NO KEY UPDATE SKIP LOCKED) l;
 
         RETURN QUERY
         WITH cand AS (
             SELECT u.id, u.channel, u.holds, u.ord
               FROM unnest(v_ids, v_channels, v_holds) WITH ORDINALITY u(id, channel, holds, ord)
         ), lim AS (
-            SELECT u.channel, u.maxc, u.inflight
-              FROM unnest(v_lchan, v_lmax, v_lin) u(channel, maxc, inflight)
-        ), decided AS (
-            SELECT c.id, c.channel, c.holds,
+            SELECT u.channel, u.free FROM unnest(v_lchan, v_lfree) u(channel, free)
+        ), capped AS (
+            -- Channels with a cap (the limit row may be busy: then we did not get it).
+            SELECT cl.channel FROM hydra.channel_limit cl
+             WHERE cl.queue = p_queue AND cl.max_concurrency IS NOT NULL
+               AND cl.channel = ANY (v_channels)
+        ), judged AS (
+            SELECT c.id, c.channel, c.ord,
                    (l.channel IS NOT NULL AND NOT c.holds) AS takes_slot,
-                   CASE WHEN l.channel IS NULL OR c.holds THEN true
-                        ELSE row_number() OVER (PARTITION BY c.channel,
-                                                (l.channel IS NOT NULL AND NOT c.holds)
-                                                ORDER BY c.ord)
-                             <= l.maxc - l.inflight
-                   END AS admit
-              FROM cand c LEFT JOIN lim l ON l.channel = c.channel
+                   CASE WHEN c.holds OR k.channel IS NULL THEN 'admit'
+                        WHEN l.channel IS NULL THEN 'busy'
+                        WHEN row_number() OVER (PARTITION BY c.channel, c.holds
+                                                ORDER BY c.ord) <= l.free THEN 'admit'
+                        ELSE 'park' END AS verdict
+              FROM cand c
+              LEFT JOIN lim l ON l.channel = c.channel
+              LEFT JOIN capped k ON k.channel = c.channel
+        ), taken AS (
+            SELECT j.* FROM (SELECT j.*, row_number() OVER (ORDER BY j.ord) AS n
+                               FROM judged j WHERE j.verdict = 'admit') j
+             WHERE j.n <= v_left
         ), slots AS (
             UPDATE hydra.channel_limit cl
                SET in_flight = cl.in_flight + s.n
-              FROM (SELECT d.channel, count(*)::integer AS n FROM decided d
-                     WHERE d.admit AND d.takes_slot GROUP BY d.channel) s
+              FROM (SELECT t.channel, count(*)::integer AS n FROM taken t
+                     WHERE t.takes_slot GROUP BY t.channel) s
              WHERE cl.queue = p_queue AND cl.channel = s.channel
         ), parked AS (
             UPDATE hydra.message m
                SET state = 'parked'
-             WHERE m.id = ANY (ARRAY(SELECT d.id FROM decided d WHERE NOT d.admit))
+             WHERE m.id = ANY (ARRAY(SELECT j.id FROM judged j WHERE j.verdict = 'park'))
         ), leased AS (
             UPDATE hydra.message m
                SET state = 'processing',
                    attempt = m.attempt + 1,
-                   holds_slot = m.holds_slot OR d.takes_slot,
+                   holds_slot = m.holds_slot OR t.takes_slot,
                    lease_token = gen_random_uuid(),
                    lease_expires_at = now() + make_interval(secs => m.max_processing_secs::float8)
-              FROM decided d
-             WHERE m.id = d.id AND d.admit
+              FROM taken t
+             WHERE m.id = t.id
             RETURNING m.*
         )
         SELECT l.* FROM leased l ORDER BY l.prio DESC, l.vtime, l.id;
 
         GET DIAGNOSTICS v_got = ROW_COUNT;
         v_left := v_left - v_got;
-        -- Stop when full, when the ready order ran dry, or after a few parking rounds.
-        EXIT WHEN v_left <= 0 OR array_length(v_ids, 1) = v_got
-               OR array_length(v_ids, 1) < v_left + v_got OR v_turn >= 4;
+        -- Stop when full, when the ready order ran dry, or after a bounded search.
+        EXIT WHEN v_left <= 0 OR cardinality(v_ids) < v_fetch OR v_turn >= 6;
+        v_fetch := least(v_fetch * 4, 1000);
     END LOOP;
 END
 $$;

@@ -81,15 +81,19 @@ BEGIN
         )
         SELECT count(*) INTO v_inflight FROM marked;
     ELSE
-        v_inflight := coalesce(v_old.in_flight, 0);
+        v_inflight := 0;
     END IF;
 
+    -- in_flight is only written when it was counted above; otherwise the upsert waits for
+    -- the row and keeps (and returns) the value dequeues and releases maintain.
     INSERT INTO hydra.channel_limit AS l (queue, channel, max_concurrency, max_size, in_flight)
     VALUES (v_queue, v_channel, max_concurrency, max_size, v_inflight)
     ON CONFLICT ON CONSTRAINT channel_limit_pkey DO UPDATE
        SET max_concurrency = EXCLUDED.max_concurrency,
            max_size = EXCLUDED.max_size,
-           in_flight = EXCLUDED.in_flight;
+           in_flight = CASE WHEN l.max_concurrency IS NULL THEN EXCLUDED.in_flight
+                            ELSE l.in_flight END
+    RETURNING l.in_flight INTO v_inflight;
 
     IF max_concurrency IS NULL THEN
         PERFORM hydra._unpark(v_queue, v_channel, NULL, false);

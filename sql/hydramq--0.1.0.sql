@@ -699,9 +699,11 @@ BEGIN
 END;
 $$;
 
+-- The two public functions run as the extension owner (SECURITY DEFINER) so that a role
+-- granted EXECUTE on them needs nothing on the hydra._cron_* helpers; they read no table.
 CREATE FUNCTION hydra.cron_validate(expr text)
 RETURNS void
-LANGUAGE plpgsql IMMUTABLE
+LANGUAGE plpgsql IMMUTABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -714,7 +716,7 @@ $$;
 
 CREATE FUNCTION hydra.cron_next(expr text, after timestamptz, tz text DEFAULT 'UTC')
 RETURNS timestamptz
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET TimeZone = 'UTC'
 AS $$
@@ -726,8 +728,9 @@ DECLARE
     v_zone  text := hydra._cron_tz_name(p_tz);
 BEGIN
     -- Evaluates in zone p_tz; the SET TimeZone clause restores the caller's zone on return.
-    IF p_after IS NULL OR NOT isfinite(p_after) THEN
-        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'after: must be a finite timestamp';
+    IF p_after IS NULL OR NOT p_after BETWEEN '0001-01-02 00:00+00' AND '9999-12-30 00:00+00' THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'after: must be a finite timestamp between years 1 and 9999';
     END IF;
     PERFORM set_config('TimeZone', v_zone, true);
     RETURN hydra._cron_next(v_spec, p_after);
@@ -1227,8 +1230,10 @@ BEGIN
 END
 $$;
 
--- A queue with capped channels: admits up to each cap, parks the excess out of the ready
--- order (a slot release moves it back), and tries again while the batch is not full.
+-- A queue with capped channels: admits up to each cap and parks the excess out of the ready
+-- order (a slot release moves it back), so later dequeues never scan it again. A channel whose
+-- limit row another session holds is skipped for this call, so a dequeue never waits for a
+-- lock: it cannot take part in a deadlock. Each turn looks further down the ready order.
 CREATE FUNCTION hydra._dequeue_capped(p_queue text, p_batch integer)
 RETURNS SETOF hydra.message
 LANGUAGE plpgsql
@@ -1237,16 +1242,17 @@ SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     v_left     integer := p_batch;
+    v_fetch    integer := p_batch;
     v_turn     integer := 0;
+    v_seen     bigint[] := '{}';
     v_ids      bigint[];
     v_channels text[];
     v_holds    boolean[];
     v_lchan    text[];
-    v_lmax     integer[];
-    v_lin      integer[];
+    v_lfree    integer[];
     v_got      integer;
 BEGIN
-    -- Lock order: candidates (SKIP LOCKED), then limit rows sorted by channel.
+    -- Locks: candidates and limit rows, both with SKIP LOCKED.
     LOOP
         v_turn := v_turn + 1;
         SELECT array_agg(c.id ORDER BY c.prio DESC, c.vtime, c.id),
@@ -1255,69 +1261,78 @@ BEGIN
           INTO v_ids, v_channels, v_holds
           FROM (SELECT m.id, m.channel, m.holds_slot, m.prio, m.vtime
                   FROM hydra.message m
-                 WHERE m.queue = p_queue AND m.state = 'ready'
+                 WHERE m.queue = p_queue AND m.state = 'ready' AND m.id <> ALL (v_seen)
                  ORDER BY m.prio DESC, m.vtime, m.id
-                 LIMIT v_left
+                 LIMIT v_fetch
                    FOR NO KEY UPDATE SKIP LOCKED) c;
         EXIT WHEN v_ids IS NULL;
+        -- Rows looked at stay locked by us until commit: never pick them again.
+        v_seen := v_seen || v_ids;
 
-        SELECT coalesce(array_agg(l.channel ORDER BY l.channel), '{}'),
-               coalesce(array_agg(l.max_concurrency ORDER BY l.channel), '{}'),
-               coalesce(array_agg(l.in_flight ORDER BY l.channel), '{}')
-          INTO v_lchan, v_lmax, v_lin
+        SELECT coalesce(array_agg(l.channel), '{}'),
+               coalesce(array_agg(l.max_concurrency - l.in_flight), '{}')
+          INTO v_lchan, v_lfree
           FROM (SELECT cl.channel, cl.max_concurrency, cl.in_flight
                   FROM hydra.channel_limit cl
                  WHERE cl.queue = p_queue AND cl.max_concurrency IS NOT NULL
                    AND cl.channel = ANY (ARRAY(SELECT u.c FROM unnest(v_channels, v_holds) u(c, h)
                                                WHERE NOT u.h))
-                 ORDER BY cl.channel
-                   FOR NO KEY UPDATE) l;
+                   FOR NO KEY UPDATE SKIP LOCKED) l;
 
         RETURN QUERY
         WITH cand AS (
             SELECT u.id, u.channel, u.holds, u.ord
               FROM unnest(v_ids, v_channels, v_holds) WITH ORDINALITY u(id, channel, holds, ord)
         ), lim AS (
-            SELECT u.channel, u.maxc, u.inflight
-              FROM unnest(v_lchan, v_lmax, v_lin) u(channel, maxc, inflight)
-        ), decided AS (
-            SELECT c.id, c.channel, c.holds,
+            SELECT u.channel, u.free FROM unnest(v_lchan, v_lfree) u(channel, free)
+        ), capped AS (
+            -- Channels with a cap (the limit row may be busy: then we did not get it).
+            SELECT cl.channel FROM hydra.channel_limit cl
+             WHERE cl.queue = p_queue AND cl.max_concurrency IS NOT NULL
+               AND cl.channel = ANY (v_channels)
+        ), judged AS (
+            SELECT c.id, c.channel, c.ord,
                    (l.channel IS NOT NULL AND NOT c.holds) AS takes_slot,
-                   CASE WHEN l.channel IS NULL OR c.holds THEN true
-                        ELSE row_number() OVER (PARTITION BY c.channel,
-                                                (l.channel IS NOT NULL AND NOT c.holds)
-                                                ORDER BY c.ord)
-                             <= l.maxc - l.inflight
-                   END AS admit
-              FROM cand c LEFT JOIN lim l ON l.channel = c.channel
+                   CASE WHEN c.holds OR k.channel IS NULL THEN 'admit'
+                        WHEN l.channel IS NULL THEN 'busy'
+                        WHEN row_number() OVER (PARTITION BY c.channel, c.holds
+                                                ORDER BY c.ord) <= l.free THEN 'admit'
+                        ELSE 'park' END AS verdict
+              FROM cand c
+              LEFT JOIN lim l ON l.channel = c.channel
+              LEFT JOIN capped k ON k.channel = c.channel
+        ), taken AS (
+            SELECT j.* FROM (SELECT j.*, row_number() OVER (ORDER BY j.ord) AS n
+                               FROM judged j WHERE j.verdict = 'admit') j
+             WHERE j.n <= v_left
         ), slots AS (
             UPDATE hydra.channel_limit cl
                SET in_flight = cl.in_flight + s.n
-              FROM (SELECT d.channel, count(*)::integer AS n FROM decided d
-                     WHERE d.admit AND d.takes_slot GROUP BY d.channel) s
+              FROM (SELECT t.channel, count(*)::integer AS n FROM taken t
+                     WHERE t.takes_slot GROUP BY t.channel) s
              WHERE cl.queue = p_queue AND cl.channel = s.channel
         ), parked AS (
             UPDATE hydra.message m
                SET state = 'parked'
-             WHERE m.id = ANY (ARRAY(SELECT d.id FROM decided d WHERE NOT d.admit))
+             WHERE m.id = ANY (ARRAY(SELECT j.id FROM judged j WHERE j.verdict = 'park'))
         ), leased AS (
             UPDATE hydra.message m
                SET state = 'processing',
                    attempt = m.attempt + 1,
-                   holds_slot = m.holds_slot OR d.takes_slot,
+                   holds_slot = m.holds_slot OR t.takes_slot,
                    lease_token = gen_random_uuid(),
                    lease_expires_at = now() + make_interval(secs => m.max_processing_secs::float8)
-              FROM decided d
-             WHERE m.id = d.id AND d.admit
+              FROM taken t
+             WHERE m.id = t.id
             RETURNING m.*
         )
         SELECT l.* FROM leased l ORDER BY l.prio DESC, l.vtime, l.id;
 
         GET DIAGNOSTICS v_got = ROW_COUNT;
         v_left := v_left - v_got;
-        -- Stop when full, when the ready order ran dry, or after a few parking rounds.
-        EXIT WHEN v_left <= 0 OR array_length(v_ids, 1) = v_got
-               OR array_length(v_ids, 1) < v_left + v_got OR v_turn >= 4;
+        -- Stop when full, when the ready order ran dry, or after a bounded search.
+        EXIT WHEN v_left <= 0 OR cardinality(v_ids) < v_fetch OR v_turn >= 6;
+        v_fetch := least(v_fetch * 4, 1000);
     END LOOP;
 END
 $$;
@@ -1758,15 +1773,19 @@ BEGIN
         )
         SELECT count(*) INTO v_inflight FROM marked;
     ELSE
-        v_inflight := coalesce(v_old.in_flight, 0);
+        v_inflight := 0;
     END IF;
 
+    -- in_flight is only written when it was counted above; otherwise the upsert waits for
+    -- the row and keeps (and returns) the value dequeues and releases maintain.
     INSERT INTO hydra.channel_limit AS l (queue, channel, max_concurrency, max_size, in_flight)
     VALUES (v_queue, v_channel, max_concurrency, max_size, v_inflight)
     ON CONFLICT ON CONSTRAINT channel_limit_pkey DO UPDATE
        SET max_concurrency = EXCLUDED.max_concurrency,
            max_size = EXCLUDED.max_size,
-           in_flight = EXCLUDED.in_flight;
+           in_flight = CASE WHEN l.max_concurrency IS NULL THEN EXCLUDED.in_flight
+                            ELSE l.in_flight END
+    RETURNING l.in_flight INTO v_inflight;
 
     IF max_concurrency IS NULL THEN
         PERFORM hydra._unpark(v_queue, v_channel, NULL, false);
@@ -1814,6 +1833,224 @@ COMMENT ON FUNCTION hydra.channel_policy_clear(text, text) IS
 CREATE VIEW hydra.channel_policies AS
 SELECT l.queue, NULLIF(l.channel, '') AS channel, l.max_concurrency, l.max_size, l.in_flight
   FROM hydra.channel_limit l;
+
+-- ---- extension/70_schedules.sql ----
+-- hydramq: cron schedules. Owns hydra.schedule, the hydra.schedules view, schedule_set /
+-- schedule_clear and _fire_due_schedules (called by hydra.coordinate).
+-- Invariant: next_fire_at is the oldest tick not yet handled. A tick is handled (its message
+-- enqueued) by the transaction that moves next_fire_at past it while holding the row lock, so
+-- each tick is enqueued exactly once however many coordinators run (lock order step 4: schedule
+-- rows are taken with SKIP LOCKED, never waited for by a coordinator).
+
+CREATE TABLE hydra.schedule (
+    queue               text        NOT NULL,
+    channel             text        NOT NULL DEFAULT '',   -- '' is the default channel
+    name                text        NOT NULL,
+    cron                text        NOT NULL,
+    tz                  text        NOT NULL,              -- canonical IANA name
+    payload             jsonb       NOT NULL,
+    priority            integer,
+    num_attempts        integer     NOT NULL,
+    lock_secs           numeric     NOT NULL,
+    lock_secs_factor    numeric     NOT NULL,
+    max_processing_secs numeric     NOT NULL,
+    next_fire_at        timestamptz NOT NULL,              -- 'infinity': stopped (see last_error)
+    last_fire_at        timestamptz,                       -- the last tick handled
+    last_error          text,                              -- why that tick enqueued nothing
+    created_at          timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    updated_at          timestamptz NOT NULL DEFAULT pg_catalog.now(),  -- last schedule_set
+    CONSTRAINT schedule_pkey PRIMARY KEY (queue, channel, name)
+);
+
+COMMENT ON TABLE hydra.schedule IS
+    'Cron schedules: each tick enqueues one message built from the row. Use hydra.schedule_set.';
+
+CREATE INDEX schedule_next_fire_idx ON hydra.schedule (next_fire_at);
+
+SELECT pg_catalog.pg_extension_config_dump('hydra.schedule', '');
+
+CREATE VIEW hydra.schedules AS
+SELECT s.queue, NULLIF(s.channel, '') AS channel, s.name, s.cron, s.tz,
+       s.next_fire_at, s.last_fire_at, s.last_error,
+       s.payload, s.priority, s.num_attempts, s.lock_secs, s.lock_secs_factor,
+       s.max_processing_secs, s.created_at, s.updated_at
+  FROM hydra.schedule s;
+
+COMMENT ON VIEW hydra.schedules IS
+    'Cron schedules with their next and last fire times (channel NULL = default channel).';
+
+CREATE FUNCTION hydra.schedule_set(
+    name                text,
+    cron                text,
+    payload             jsonb,
+    queue               text    DEFAULT 'default',
+    channel             text    DEFAULT NULL,
+    tz                  text    DEFAULT 'UTC',
+    priority            integer DEFAULT NULL,
+    num_attempts        integer DEFAULT 1,
+    lock_secs           numeric DEFAULT 5,
+    lock_secs_factor    numeric DEFAULT 2,
+    max_processing_secs numeric DEFAULT 3600
+)
+RETURNS timestamptz
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    p_name    ALIAS FOR $1;
+    p_cron    ALIAS FOR $2;
+    p_payload ALIAS FOR $3;
+    p_queue   ALIAS FOR $4;
+    p_channel ALIAS FOR $5;
+    v_tz      text;
+    v_next    timestamptz;
+BEGIN
+    -- Contract: validates every argument before writing (22023 naming it), then upserts the
+    -- row for (queue, channel, name), waiting for its lock if a coordinator is firing it.
+    PERFORM hydra._check_name('name', p_name, false);
+    PERFORM hydra._check_name('queue', p_queue, false);
+    PERFORM hydra._check_message_options(ARRAY[p_payload], ARRAY[p_channel],
+        ARRAY[schedule_set.priority], ARRAY[NULL::text], ARRAY[schedule_set.num_attempts],
+        ARRAY[schedule_set.lock_secs], ARRAY[schedule_set.lock_secs_factor], ARRAY[0::numeric],
+        ARRAY[true], ARRAY[schedule_set.max_processing_secs]);
+    PERFORM hydra._cron_parse(p_cron, 'cron');
+    v_tz := hydra._cron_tz_name(schedule_set.tz, 'tz');
+    v_next := hydra.cron_next(p_cron, now(), v_tz);
+
+    INSERT INTO hydra.schedule AS s (queue, channel, name, cron, tz, payload, priority,
+        num_attempts, lock_secs, lock_secs_factor, max_processing_secs, next_fire_at)
+    VALUES (p_queue, coalesce(p_channel, ''), p_name, p_cron, v_tz, p_payload,
+        schedule_set.priority, schedule_set.num_attempts, schedule_set.lock_secs,
+        schedule_set.lock_secs_factor, schedule_set.max_processing_secs, v_next)
+    ON CONFLICT (queue, channel, name) DO UPDATE
+       SET cron = EXCLUDED.cron, tz = EXCLUDED.tz, payload = EXCLUDED.payload,
+           priority = EXCLUDED.priority, num_attempts = EXCLUDED.num_attempts,
+           lock_secs = EXCLUDED.lock_secs, lock_secs_factor = EXCLUDED.lock_secs_factor,
+           max_processing_secs = EXCLUDED.max_processing_secs,
+           next_fire_at = EXCLUDED.next_fire_at, last_error = NULL, updated_at = now();
+    RETURN v_next;
+END
+$$;
+
+COMMENT ON FUNCTION hydra.schedule_set(text, text, jsonb, text, text, text, integer, integer,
+                                       numeric, numeric, numeric) IS
+'Creates or replaces the schedule "name" of (queue, channel): at each fire time of cron
+(5 fields or a macro, evaluated on wall-clock time in IANA zone tz) hydra.coordinate enqueues
+one message with this payload and these options. Returns the next fire time, recomputed from
+now on every call. Raises 22023 naming the bad argument; nothing is written then.';
+
+CREATE FUNCTION hydra.schedule_clear(name text, queue text DEFAULT 'default',
+                                     channel text DEFAULT NULL)
+RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    p_name    ALIAS FOR $1;
+    p_queue   ALIAS FOR $2;
+    p_channel ALIAS FOR $3;
+    v_count   bigint;
+BEGIN
+    -- Contract: deletes one schedule row (waiting for its lock if it is being fired).
+    PERFORM hydra._check_name('name', p_name, false);
+    PERFORM hydra._check_name('queue', p_queue, false);
+    PERFORM hydra._check_name('channel', p_channel, true);
+    DELETE FROM hydra.schedule s
+     WHERE s.queue = p_queue AND s.channel = coalesce(p_channel, '') AND s.name = p_name;
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    RETURN v_count > 0;
+END
+$$;
+
+COMMENT ON FUNCTION hydra.schedule_clear(text, text, text) IS
+'Removes the schedule "name" of (queue, channel); true if there was one. Messages it already
+enqueued are not touched.';
+
+-- Fires the schedules due at p_now. Split from _fire_due_schedules so that tests can drive a
+-- schedule through time (DST transitions, downtime) without waiting for the clock.
+CREATE FUNCTION hydra._fire_due_schedules_at(p_batch integer, p_now timestamptz)
+RETURNS SETOF hydra.event
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_due     hydra.schedule;
+    v_next    timestamptz;
+    v_result  hydra.enqueue_result;
+    v_state   text;
+    v_message text;
+BEGIN
+    -- Contract: locks up to p_batch due schedule rows FOR UPDATE SKIP LOCKED, oldest tick
+    -- first; for each enqueues one message (missed ticks coalesce into this one) and moves
+    -- next_fire_at to the first tick after p_now. A failing schedule is logged (WARNING,
+    -- last_error), its tick skipped, and the others go on.
+    FOR v_due IN
+        SELECT * FROM hydra.schedule s
+         WHERE s.next_fire_at <= p_now
+         ORDER BY s.next_fire_at
+         LIMIT p_batch
+           FOR UPDATE SKIP LOCKED
+    LOOP
+        v_next := NULL;
+        v_result := NULL;
+        v_message := NULL;
+        BEGIN
+            v_next := hydra.cron_next(v_due.cron, greatest(p_now, v_due.next_fire_at), v_due.tz);
+            v_result := hydra.enqueue(
+                payload             => v_due.payload,
+                queue               => v_due.queue,
+                channel             => NULLIF(v_due.channel, ''),
+                priority            => v_due.priority,
+                num_attempts        => v_due.num_attempts,
+                lock_secs           => v_due.lock_secs,
+                lock_secs_factor    => v_due.lock_secs_factor,
+                max_processing_secs => v_due.max_processing_secs);
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT;
+            v_message := v_state || ': ' || v_message;
+            RAISE WARNING 'hydramq: schedule "%" (queue "%", channel "%") enqueued nothing for its tick at %: %',
+                v_due.name, v_due.queue, NULLIF(v_due.channel, ''), v_due.next_fire_at, v_message;
+        END;
+
+        -- Without a next tick (its zone vanished from the tz database, say) the schedule stops
+        -- at 'infinity' until schedule_set is called again.
+        UPDATE hydra.schedule s
+           SET next_fire_at = coalesce(v_next, 'infinity'),
+               last_fire_at = v_due.next_fire_at,
+               last_error   = v_message
+         WHERE s.queue = v_due.queue AND s.channel = v_due.channel AND s.name = v_due.name;
+
+        IF v_result.message_id IS NOT NULL THEN
+            RETURN NEXT ROW(
+                CASE v_result.result WHEN 'dropped' THEN 'MESSAGE_DROPPED' ELSE 'MESSAGE_ENQUEUED' END,
+                v_result.message_id, v_due.queue, NULLIF(v_due.channel, ''),
+                jsonb_build_object('schedule', v_due.name, 'fire_time', v_due.next_fire_at)
+            )::hydra.event;
+        END IF;
+    END LOOP;
+END
+$$;
+
+CREATE FUNCTION hydra._fire_due_schedules(p_batch integer)
+RETURNS SETOF hydra.event
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- The schedules due now; hydra.coordinate calls this.
+    SELECT * FROM hydra._fire_due_schedules_at(p_batch, pg_catalog.now());
+$$;
+
+REVOKE ALL ON TABLE hydra.schedule FROM PUBLIC;
+REVOKE ALL ON TABLE hydra.schedules FROM PUBLIC;
+REVOKE ALL ON FUNCTION hydra.schedule_set(text, text, jsonb, text, text, text, integer, integer,
+                                          numeric, numeric, numeric) FROM PUBLIC;
+REVOKE ALL ON FUNCTION hydra.schedule_clear(text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION hydra._fire_due_schedules_at(integer, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION hydra._fire_due_schedules(integer) FROM PUBLIC;
 
 -- ---- extension/80_coordinate.sql ----
 -- Coordination: all time-driven work, in bounded steps, safe from any number of sessions at
