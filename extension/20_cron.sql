@@ -474,8 +474,9 @@ DECLARE
     v_zone  text := hydra._cron_tz_name(p_tz);
 BEGIN
     -- Evaluates in zone p_tz; the SET TimeZone clause restores the caller's zone on return.
-    IF p_after IS NULL OR NOT isfinite(p_after) THEN
-        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'after: must be a finite timestamp';
+    IF p_after IS NULL OR NOT p_after BETWEEN '0001-01-02 00:00+00' AND '9999-12-30 00:00+00' THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'after: must be a finite timestamp between years 1 and 9999';
     END IF;
     PERFORM set_config('TimeZone', v_zone, true);
     RETURN hydra._cron_next(v_spec, p_after);

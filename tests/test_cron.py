@@ -665,12 +665,15 @@ def test_unknown_time_zone_is_rejected_naming_tz(db: psycopg.Connection[Any], tz
     assert message == f'tz: unknown time zone "{tz}"'
 
 
-def test_null_arguments_are_rejected(db: psycopg.Connection[Any]) -> None:
+def test_null_or_out_of_range_arguments_are_rejected(db: psycopg.Connection[Any]) -> None:
     raises_22023(db, "SELECT hydra.cron_next('* * * * *', now(), NULL)", (), "tz: must not be null")
-    raises_22023(db, "SELECT hydra.cron_next('* * * * *', NULL)", (), "after: must be a finite")
-    raises_22023(
-        db, "SELECT hydra.cron_next('* * * * *', 'infinity')", (), "after: must be a finite"
-    )
+    for after in (None, "infinity", "-infinity", "0044-03-15 BC", "294000-01-01"):
+        raises_22023(
+            db,
+            "SELECT hydra.cron_next('0 0 29 2 *', %s::timestamptz)",
+            (after,),
+            "after: must be a finite timestamp between years 1 and 9999",
+        )
 
 
 def test_time_zone_names_are_case_insensitive_and_legacy_names_work(
