@@ -228,13 +228,14 @@ class Worker:
                 break
             if leased:
                 backoff = self.poll_min
-                if self._listener is not None:
-                    await self._listener.busy()
                 self.stats.dequeued += len(leased)
                 if self.events:
                     await self.events.dispatch(dequeued_events(m for m, _ in leased))
                 for message, lease_secs in leased:
                     self._start(message, lease_secs)
+                if self._listener is not None:
+                    # After starting the handlers: off the wake-up latency path.
+                    await self._listener.busy()
                 continue
             woke = await self._wait_for_work(backoff)
             backoff = self.poll_min if woke else min(backoff * 2, self.poll_max)
