@@ -388,3 +388,20 @@ def test_heartbeats_keep_a_long_handler_from_being_redelivered(
     assert starts(tmp_path) == [(mid, 1, w.proc.pid)], "the lease expired despite heartbeats"
     assert "lease lost" not in w.log and "refused" not in w.log
     assert f"lease of message {mid} extended" in w.log
+
+
+@pytest.mark.parametrize("command", [["worker", "driver_tasks:handle"], ["coordinator"]])
+def test_daemons_wait_for_an_unreachable_database_instead_of_exiting(
+    tmp_path: Path, command: list[str]
+) -> None:
+    d = Daemon([*command, "--dsn", "host=127.0.0.1 port=1 connect_timeout=1"],
+               "host=127.0.0.1 port=1", tmp_path, "daemon")
+    try:
+        wait_until(lambda: "retrying in" in d.log, 15, "a logged retry")
+        assert d.alive(), d.log
+        d.signal(signal.SIGTERM)
+        assert d.wait(15) == 0, d.log
+    finally:
+        if d.alive():
+            d.proc.kill()
+            d.proc.wait()
