@@ -599,8 +599,3 @@ def _is_async_callable(fn: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
         getattr(fn, "__call__", None)  # noqa: B004 - async callable objects
     )
-
-
-async def run_worker(worker: Worker) -> int:
-    """Convenience: ``asyncio.run(run_worker(w))`` — same as ``await w.run()``."""
-    return await worker.run()
