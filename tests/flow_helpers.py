@@ -149,17 +149,20 @@ def wait_until_blocked(
 
 
 class Background:
-    """Runs ``fn()`` in a thread; ``result()`` joins it and returns its value or re-raises."""
+    """Runs ``fn(*args)`` in a thread; ``result()`` joins it and returns its value or
+    re-raises. A connection used by the thread must not be touched by the test meanwhile
+    (psycopg would make the test wait for it): read what you need, such as its backend pid,
+    before starting."""
 
-    def __init__(self, fn: Callable[[], Any]) -> None:
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
         self._value: Any = None
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(fn, args), daemon=True)
         self._thread.start()
 
-    def _run(self, fn: Callable[[], Any]) -> None:
+    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
         try:
-            self._value = fn()
+            self._value = fn(*args)
         except BaseException as exc:  # handed to the test thread by result()
             self._error = exc
 

@@ -184,7 +184,7 @@ def test_many_producers_racing_on_one_name_store_one_message(db: Conn, connect: 
         start.wait(timeout=10)
         return enqueue(conn, {}, name="hot")
 
-    racers = [Background(lambda c=c: produce(c)) for c in producers]
+    racers = [Background(produce, conn) for conn in producers]
     results = [r.result(timeout=30) for r in racers]
     (stored,) = db.execute("SELECT id FROM hydra.message").fetchall()
     assert sorted(r[0] for r in results) == ["deduplicated"] * 7 + ["enqueued"]
