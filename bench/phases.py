@@ -193,9 +193,16 @@ def run_drain(ctx: Context, conn: psycopg.Connection, shape: Shape, system: str,
         for c in range(shape.channels):  # one policy change per transaction (60_policies)
             conn.execute(HYDRA_POLICY_SET, (f"{shape.prefix}{c}", 1, QUEUE))
     filled = 0
+    next_analyze = 1000
     for doc in shape_chunks(shape.channels, shape.per_channel, shape.prefix, shape.chunk):
         filled += sysobj.fill(conn, doc)
         ctx.progress.update(f"pre-enqueue {filled:,}/{shape.messages:,} (untimed)")
+        if filled >= next_analyze:
+            # The table starts empty, and plans cached while it looked empty can turn every
+            # per-channel lookup of enqueue into a scan of the whole table (quadratic fill;
+            # see docs/benchmarks.md). The fill is untimed set-up: keep statistics current.
+            conn.execute("ANALYZE")
+            next_analyze *= 4
     ctx.progress.update("vacuum + checkpoint (untimed)", force=True)
     settle(conn)
     if ctx.stats:
