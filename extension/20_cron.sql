@@ -145,6 +145,7 @@ AS $$
 DECLARE
     v_text   text := btrim(p_expr, E' \t\r\n');
     v_fields text[];
+    v_mins   int[];
     v_hours  int[];
     v_doms   int[];
     v_months int[];
@@ -179,13 +180,13 @@ BEGIN
             'such as @daily, got %s', p_arg, CASE WHEN v_text = '' THEN 0 ELSE cardinality(v_fields) END);
     END IF;
 
+    v_mins   := hydra._cron_field(v_fields[1], 'minute', 0, 59, p_arg);
     v_hours  := hydra._cron_field(v_fields[2], 'hour', 0, 23, p_arg);
     v_doms   := hydra._cron_field(v_fields[3], 'day-of-month', 1, 31, p_arg);
     v_months := hydra._cron_field(v_fields[4], 'month', 1, 12, p_arg);
     v_dows   := hydra._cron_field(v_fields[5], 'day-of-week', 0, 6, p_arg);
 
-    v_spec.minute_next := hydra._cron_next_table(
-        hydra._cron_field(v_fields[1], 'minute', 0, 59, p_arg), 0, 59);
+    v_spec.minute_next := hydra._cron_next_table(v_mins, 0, 59);
     v_spec.hour_next  := hydra._cron_next_table(v_hours, 0, 23);
     v_spec.dom_next   := hydra._cron_next_table(v_doms, 1, 31);
     v_spec.month_next := hydra._cron_next_table(v_months, 1, 12);
