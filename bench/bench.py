@@ -138,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         sizes.enqueue_seconds = args.enqueue_seconds
     progress = Progress()
     progress.section(f"hydramq bench ({'quick' if args.quick else 'full'} mode)")
+    load1, cpus = os.getloadavg()[0], os.cpu_count() or 1
+    if load1 > cpus:
+        progress.note(f"WARNING: 1-minute load average is {load1:.1f} on {cpus} CPUs: "
+                      "something else is running; the numbers will be noisy")
     document: dict[str, Any] = {
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "mode": "quick" if args.quick else "full",
@@ -168,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                 progress.note(f"phase {ph.name} failed: {exc!r}")
                 ctx.results.setdefault("errors", {})[ph.name] = repr(exc)
     document["results"] = ctx.results
+    document["machine"]["loadavg_at_end"] = os.getloadavg()
+    busy = max(document["machine"].get("loadavg_at_start", (0,))[0], os.getloadavg()[0])
     document["targets"] = report.verdicts(ctx.results)
     document["elapsed_s"] = round(progress.elapsed(), 1)
     progress.section("results")
@@ -176,6 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     for v in document["targets"]:
         shown = "n/a" if v["value"] is None else f"{v['value']:.2f}"
         print(f"  {v['metric']:<32} {shown:>6}  (>= {v['target']:.2f})  {v['verdict']}")
+    cpus = os.cpu_count() or 1
+    if busy > cpus:
+        print(f"\nWARNING: the machine was busy (1-minute load average up to {busy:.1f} on "
+              f"{cpus} CPUs): other processes shared the CPU with this run; compare ratios only, "
+              f"and rerun on a quiet machine for numbers worth quoting.")
     report.write_json(args.out, document)
     print(f"\nwrote {args.out} ({document['elapsed_s']} s in all)")
     return 0

@@ -36,6 +36,7 @@ class RunResult:
     retries: dict[str, int] = field(default_factory=dict)  # aborted statements retried
     errors: list[str] = field(default_factory=list)
     top_statements: list[dict[str, Any]] | None = None  # --stats: pg_stat_statements
+    load1: float = field(default_factory=lambda: os.getloadavg()[0])  # at the end of the run
 
     @property
     def rate(self) -> float:
@@ -46,6 +47,7 @@ class RunResult:
                 "msgs_per_s": round(self.rate, 1), "complete": self.complete,
                 "dequeue_calls": self.dequeue_calls, "empty_dequeues": self.empty_dequeues,
                 "stale_completions": self.stale, "retries": self.retries,
+                "loadavg_1min_after": round(self.load1, 2),
                 "errors": self.errors[:5],
                 **({"top_statements": self.top_statements} if self.top_statements else {})}
 
