@@ -15,44 +15,57 @@ SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
-    v_group    record;
-    v_limit    hydra.channel_limit;
-    v_unparked integer;
+    v_q    text[];
+    v_c    text[];
+    v_n    integer[];
+    v_free integer[];
+    v_woke text[];
 BEGIN
-    -- Limit rows are taken one at a time in (queue, channel) order: the global lock order.
-    FOR v_group IN
-        SELECT r.q, r.c, count(*)::integer AS n
-          FROM unnest(p_queues, p_channels) r(q, c)
-         GROUP BY r.q, r.c
-         ORDER BY r.q, r.c
-    LOOP
-        SELECT * INTO v_limit FROM hydra.channel_limit l
-         WHERE l.queue = v_group.q AND l.channel = v_group.c
-           FOR NO KEY UPDATE;
-        CONTINUE WHEN NOT FOUND;
-        v_unparked := 0;
-        IF v_limit.max_concurrency IS NOT NULL THEN
-            WITH up AS (
-                UPDATE hydra.message m SET state = 'ready', holds_slot = true
-                 WHERE m.id = ANY (ARRAY(
-                           SELECT p.id FROM hydra.message p
-                            WHERE p.queue = v_group.q AND p.channel = v_group.c
-                              AND p.state = 'parked'
-                            ORDER BY p.prio DESC, p.vtime, p.id
-                            LIMIT greatest(v_limit.max_concurrency
-                                           - (v_limit.in_flight - v_group.n), 0)
-                              FOR NO KEY UPDATE SKIP LOCKED))
-                RETURNING 1
-            )
-            SELECT count(*) INTO v_unparked FROM up;
-        END IF;
-        UPDATE hydra.channel_limit l
-           SET in_flight = greatest(l.in_flight - v_group.n + v_unparked, 0)
-         WHERE l.queue = v_group.q AND l.channel = v_group.c;
-        IF v_unparked > 0 THEN
-            PERFORM hydra._wake_workers(v_group.q);
-        END IF;
-    END LOOP;
+    -- Two statements: the limit rows are locked first (sorted: the global lock order), so
+    -- that the second statement's snapshot sees every message parked before we got them.
+    SELECT array_agg(l.queue), array_agg(l.channel), array_agg(l.n), array_agg(l.free)
+      INTO v_q, v_c, v_n, v_free
+      FROM (SELECT cl.queue, cl.channel, r.n,
+                   CASE WHEN cl.max_concurrency IS NULL THEN 0
+                        ELSE greatest(cl.max_concurrency - (cl.in_flight - r.n), 0) END AS free
+              FROM hydra.channel_limit cl
+              JOIN (SELECT u.q, u.c, count(*)::integer AS n
+                      FROM unnest(p_queues, p_channels) u(q, c) GROUP BY u.q, u.c) r
+                ON r.q = cl.queue AND r.c = cl.channel
+             ORDER BY cl.queue, cl.channel
+               FOR NO KEY UPDATE OF cl) l;
+    IF v_q IS NULL THEN
+        RETURN;
+    END IF;
+
+    WITH lim AS (
+        SELECT u.q, u.c, u.n, u.free FROM unnest(v_q, v_c, v_n, v_free) u(q, c, n, free)
+    ), unparked AS (
+        UPDATE hydra.message m
+           SET state = 'ready', holds_slot = true
+          FROM (SELECT p.id FROM lim,
+                       LATERAL (SELECT x.id FROM hydra.message x
+                                 WHERE x.queue = lim.q AND x.channel = lim.c
+                                   AND x.state = 'parked'
+                                 ORDER BY x.prio DESC, x.vtime, x.id
+                                 LIMIT lim.free
+                                   FOR NO KEY UPDATE SKIP LOCKED) p) pick
+         WHERE m.id = pick.id
+        RETURNING m.queue, m.channel
+    ), counted AS (
+        SELECT u.queue, u.channel, count(*)::integer AS k FROM unparked u GROUP BY 1, 2
+    ), settled AS (
+        UPDATE hydra.channel_limit cl
+           SET in_flight = greatest(cl.in_flight - lim.n + coalesce(k.k, 0), 0)
+          FROM lim LEFT JOIN counted k ON k.queue = lim.q AND k.channel = lim.c
+         WHERE cl.queue = lim.q AND cl.channel = lim.c
+    )
+    SELECT array_agg(DISTINCT k.queue) INTO v_woke FROM counted k;
+
+    -- Parked messages that became ready may be what an idle worker waits for.
+    IF v_woke IS NOT NULL THEN
+        PERFORM hydra._wake_workers(w) FROM unnest(v_woke) w;
+    END IF;
 END
 $$;
 
