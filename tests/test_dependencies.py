@@ -163,6 +163,32 @@ def test_exhausted_parent_fails_three_levels_of_descendants_without_running_them
     assert dequeue(db, batch=10) == []
 
 
+def test_cascade_through_a_diamond_finalizes_the_join_once(db: Conn) -> None:
+    _, a = enqueue(db, {})
+    _, b = enqueue(db, {}, depends_on=[a])
+    _, c = enqueue(db, {}, depends_on=[a])
+    _, d = enqueue(db, {}, depends_on=[b, c])
+    (leased,) = dequeue(db)
+    assert fail(db, leased, retry=False) == "failed"
+    events = coordinate_until_quiet(db)
+    for m in (b, c, d):
+        assert events_of(events, m).count("MESSAGE_DEPENDENCIES_UNMET") == 1
+        assert events_of(events, m).count("MESSAGE_FINALIZED") == 1
+    assert {state_of(db, m) for m in (b, c, d)} == {"failed"}
+    assert db.execute("SELECT count(*) FROM hydra.parent_outcome").fetchone() == (0,)
+
+
+def test_a_parent_whose_last_lease_expired_fails_its_children(db: Conn) -> None:
+    _, parent = enqueue(db, {}, max_processing_secs=0.1)
+    _, child = enqueue(db, {}, depends_on=[parent])
+    assert [m["id"] for m in dequeue(db)] == [parent]
+    time.sleep(0.2)  # the worker vanished: its lease runs out
+    events = coordinate_until_quiet(db)
+    assert events_of(events, parent) == ["MESSAGE_ATTEMPTS_EXHAUSTED", "MESSAGE_FINALIZED"]
+    assert events_of(events, child) == [
+        "MESSAGE_DEPENDENCY_RESOLVED", "MESSAGE_DEPENDENCIES_UNMET", "MESSAGE_FINALIZED"]
+
+
 def test_without_cascade_child_runs_after_all_parents_and_sees_the_failed_one(
     db: Conn,
 ) -> None:
@@ -263,6 +289,21 @@ def test_unknown_parent_id_is_rejected_naming_depends_on_and_nothing_is_written(
     with pytest.raises(psycopg.errors.InvalidParameterValue, match=r"depends_on"):
         enqueue_many(db, [{"payload": 1}, {"payload": 2, "depends_on": [bad_id]}])
     assert (_messages(db), _edges(db)) == before
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: _enqueue_rows compares parent ids with message_id_seq.last_value without "
+    "is_called; in a fresh database id 1 passes as a finished parent (and the new message, "
+    "id 1, becomes its own parent)",
+)
+def test_the_first_id_is_unknown_before_any_message_was_ever_enqueued(db: Conn) -> None:
+    # A fresh database: the id sequence has not issued anything yet (is_called = false), so
+    # id 1 never existed; accepting it would even make the new message (which gets id 1)
+    # its own, already "succeeded", parent.
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match=r"^depends_on"):
+        enqueue(db, {}, depends_on=[1])
+    assert (_messages(db), _edges(db)) == (0, 0)
 
 
 @pytest.mark.parametrize("depends_on", [[None], "dup"], ids=["null", "duplicate"])
@@ -410,6 +451,45 @@ def test_child_attached_while_parent_fails_is_finalized_failed(db: Conn, connect
     events = coordinate_until_quiet(db)
     assert events_of(events, child) == [
         "MESSAGE_DEPENDENCY_RESOLVED", "MESSAGE_DEPENDENCIES_UNMET", "MESSAGE_FINALIZED"]
+
+
+def test_an_open_producer_transaction_attaching_a_child_does_not_stall_its_ready_parent(
+    db: Conn, connect: Any
+) -> None:
+    _, parent = enqueue(db, {})
+    producer = connect(autocommit=False)
+    enqueue(producer, {}, depends_on=[parent])
+    worker = connect(options="-c lock_timeout=1s")
+    assert [m["id"] for m in dequeue(worker)] == [parent]
+    producer.rollback()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: _release_due/_unlock_due take parents FOR UPDATE SKIP LOCKED, which conflicts "
+    "with the producer's FOR KEY SHARE: the parent is skipped until the producer commits",
+)
+@pytest.mark.parametrize("parent_state", ["pending", "locked"])
+def test_an_open_producer_transaction_does_not_delay_its_parents_release(
+    db: Conn, connect: Any, parent_state: str
+) -> None:
+    # SPEC §4: a producer that keeps its transaction open must not stall the coordinator.
+    if parent_state == "pending":
+        _, parent = enqueue(db, {}, delay_secs=0.05)
+        expected = "MESSAGE_RELEASED"
+    else:
+        _, parent = enqueue(db, {}, num_attempts=2, lock_secs=0.05)
+        (leased,) = dequeue(db)
+        assert fail(db, leased) == "locked"
+        expected = "MESSAGE_UNLOCKED"
+    time.sleep(0.1)
+    producer = connect(autocommit=False)
+    enqueue(producer, {}, depends_on=[parent])
+    try:
+        assert events_of(coordinate(db), parent) == [expected]
+        assert state_of(db, parent) == "ready"
+    finally:
+        producer.rollback()
 
 
 @pytest.mark.parametrize("outcome", ["complete", "fail"])
