@@ -27,6 +27,36 @@ BEGIN
 END
 $$;
 
+-- How many new messages of a capped channel may join the ready order now: NULL when the
+-- channel has no cap. Reads only; the rest are parked at once (so dequeues never scan past
+-- them) and a slot release un-parks them. Counting more than needed only parks more.
+CREATE FUNCTION hydra._capped_room(p_queue text, p_channel text)
+RETURNS integer
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    v_limit   hydra.channel_limit;
+    v_waiting integer;
+BEGIN
+    -- Free slots minus the messages already waiting for them.
+    SELECT * INTO v_limit FROM hydra.channel_limit l
+     WHERE l.queue = p_queue AND l.channel = p_channel;
+    IF v_limit.max_concurrency IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF v_limit.max_concurrency <= v_limit.in_flight THEN
+        RETURN 0;
+    END IF;
+    SELECT count(*) INTO v_waiting
+      FROM (SELECT 1 FROM hydra.message m
+             WHERE m.queue = p_queue AND m.channel = p_channel AND m.state IN ('ready', 'parked')
+             LIMIT v_limit.max_concurrency - v_limit.in_flight) w;
+    RETURN v_limit.max_concurrency - v_limit.in_flight - v_waiting;
+END
+$$;
+
 -- Wakes idle workers of a queue, only when one is registered: NOTIFY serialises commits, so the
 -- hot enqueue path must not pay for it while every worker is busy.
 CREATE FUNCTION hydra._wake_workers(p_queue text)
@@ -139,30 +169,39 @@ BEGIN
               LEFT JOIN unnest(v_parent_ids, v_parent_states) AS ps(id, state)
                 ON ps.id = d.parent
              GROUP BY d.ord
-        ), sized AS (
-            SELECT l.channel, l.max_size,
+        ), limits AS (
+            SELECT l.channel, l.max_size, hydra._capped_room(p_queue, l.channel) AS room,
                    (SELECT count(*) FROM (SELECT 1 FROM hydra.message m
                                            WHERE m.queue = p_queue AND m.channel = l.channel
                                              AND m.state IN ('ready', 'parked', 'processing',
                                                              'locked')
                                            LIMIT l.max_size) live) AS live
               FROM hydra.channel_limit l
-             WHERE l.queue = p_queue AND l.max_size IS NOT NULL
+             WHERE l.queue = p_queue
                AND l.channel IN (SELECT i.channel FROM input i)
-        ), decided AS (
-            SELECT i.*, d.failed,
+        ), judged AS (
+            SELECT i.*, d.failed, s.room,
                    coalesce(d.unresolved, 0) AS unresolved,
                    CASE WHEN i.cascade AND d.failed IS NOT NULL THEN 'unmet'
                         WHEN s.live >= s.max_size THEN 'dropped'
                         WHEN coalesce(d.unresolved, 0) > 0 OR i.delay > 0
                              OR s.max_size IS NOT NULL THEN 'pending'
-                        ELSE 'ready' END AS fate
+                        ELSE 'ready' END AS verdict
               FROM input i
               LEFT JOIN deps d ON d.ord = i.ord
-              LEFT JOIN sized s ON s.channel = i.channel
+              LEFT JOIN limits s ON s.channel = i.channel
+        ), decided AS (
+            -- A capped channel's messages beyond its room wait parked.
+            SELECT j.*,
+                   CASE WHEN j.verdict = 'ready' AND j.room IS NOT NULL
+                             AND row_number() OVER (PARTITION BY j.channel, j.verdict
+                                                    ORDER BY j.ord) > j.room
+                        THEN 'parked' ELSE j.verdict END AS fate
+              FROM judged j
         ), bases AS (
             SELECT g.channel, g.prio, hydra._next_vtime(p_queue, g.channel, g.prio) AS base
-              FROM (SELECT DISTINCT x.channel, x.prio FROM decided x WHERE x.fate = 'ready') g
+              FROM (SELECT DISTINCT x.channel, x.prio FROM decided x
+                     WHERE x.fate IN ('ready', 'parked')) g
         ), ins AS (
             INSERT INTO hydra.message AS m (id, queue, channel, state, prio, vtime,
                 num_attempts, deps_left, cascade_failure, lock_secs, lock_secs_factor,
@@ -172,9 +211,10 @@ BEGIN
                    CASE x.fate WHEN 'unmet' THEN 'failed' WHEN 'dropped' THEN 'failed'
                                ELSE x.fate END,
                    x.prio,
-                   CASE WHEN x.fate = 'ready'
+                   CASE WHEN x.fate IN ('ready', 'parked')
                         THEN b.base + row_number() OVER (PARTITION BY x.channel, x.prio,
-                                                         x.fate = 'ready' ORDER BY x.ord) - 1
+                                                         x.fate IN ('ready', 'parked')
+                                                         ORDER BY x.ord) - 1
                         ELSE 0 END,
                    x.num_attempts, x.unresolved, x.cascade, x.lock_secs, x.factor,
                    x.max_processing,
@@ -273,7 +313,10 @@ DECLARE
     v_channel text := coalesce(enqueue.channel, '');
     v_prio    integer := coalesce(enqueue.priority, -2147483648);
     v_ready   boolean := enqueue.delay_secs = 0;
-    v_id      bigint;
+    v_id       bigint;
+    v_state    text;
+    v_max_size integer;
+    v_max_conc integer;
 BEGIN
     -- Contract: inserts one message row (and its edges) or none; see _enqueue_rows for locks.
     -- Fast path for the common case (no parents, channel without max_size, name not taken):
@@ -284,18 +327,21 @@ BEGIN
         ARRAY[enqueue.priority], ARRAY[enqueue.name], ARRAY[enqueue.num_attempts],
         ARRAY[enqueue.lock_secs], ARRAY[enqueue.lock_secs_factor], ARRAY[enqueue.delay_secs],
         ARRAY[enqueue.cascade_failure], ARRAY[enqueue.max_processing_secs]);
+    SELECT l.max_size, l.max_concurrency INTO v_max_size, v_max_conc
+      FROM hydra.channel_limit l WHERE l.queue = enqueue.queue AND l.channel = v_channel;
     IF (depends_on IS NULL OR cardinality(depends_on) = 0)
        -- flows:begin
-       AND NOT EXISTS (SELECT 1 FROM hydra.channel_limit l
-                        WHERE l.queue = enqueue.queue AND l.channel = v_channel
-                          AND l.max_size IS NOT NULL)
+       AND v_max_size IS NULL
        -- flows:end
     THEN
+        v_state := CASE WHEN NOT v_ready THEN 'pending'
+                        WHEN v_max_conc IS NOT NULL
+                             AND hydra._capped_room(enqueue.queue, v_channel) <= 0 THEN 'parked'
+                        ELSE 'ready' END;
         INSERT INTO hydra.message AS m (queue, channel, state, prio, vtime, num_attempts,
             cascade_failure, lock_secs, lock_secs_factor, max_processing_secs,
             available_at, name, payload)
-        VALUES (enqueue.queue, v_channel,
-                CASE WHEN v_ready THEN 'ready' ELSE 'pending' END, v_prio,
+        VALUES (enqueue.queue, v_channel, v_state, v_prio,
                 CASE WHEN v_ready THEN hydra._next_vtime(enqueue.queue, v_channel, v_prio)
                      ELSE 0 END,
                 enqueue.num_attempts, enqueue.cascade_failure, enqueue.lock_secs,
@@ -310,7 +356,7 @@ BEGIN
         -- flows:end
         RETURNING m.id INTO v_id;
         IF v_id IS NOT NULL THEN
-            IF v_ready THEN
+            IF v_state = 'ready' THEN
                 PERFORM hydra._wake_workers(enqueue.queue);
             END IF;
             RETURN ROW('enqueued', v_id)::hydra.enqueue_result;

@@ -1,9 +1,11 @@
 -- Channel policies: max_concurrency (slots, enforced by dequeue) and max_size (admission,
 -- enforced when a pending message is released). Policies are transactional and take effect
 -- for every dequeue that starts after the change commits.
--- Locks: when a channel becomes capped, its ready rows (FOR UPDATE, waiting for dequeuers that
--- hold them) and processing rows, ascending id, before its limit row; otherwise the limit row,
--- then parked rows with SKIP LOCKED. Run one policy change per transaction.
+-- Locks: the limit row first; when the channel becomes capped (or its cap is lowered), then its
+-- ready rows (waiting for dequeuers that hold them) and processing rows, ascending id; parked
+-- rows with SKIP LOCKED. No session holding a ready or processing row waits for a limit row
+-- that a policy change holds (dequeues never wait; settling holds processing rows only), so
+-- this order cannot close a cycle. Run one policy change per transaction.
 
 -- Moves parked messages of a channel back to ready: up to p_limit of them (NULL: all), with a
 -- slot reserved when p_with_slot.
@@ -58,8 +60,11 @@ BEGIN
         PERFORM hydra._invalid('max_size', 'must be 0 or more');
     END IF;
 
+    -- The limit row is locked first: policy changes of one channel run one after the other,
+    -- and a concurrent clear cannot make the decision below stale.
     SELECT * INTO v_old FROM hydra.channel_limit l
-     WHERE l.queue = v_queue AND l.channel = v_channel;
+     WHERE l.queue = v_queue AND l.channel = v_channel
+       FOR NO KEY UPDATE;
 
     IF max_concurrency IS NOT NULL AND v_old.max_concurrency IS NULL THEN
         -- The channel becomes capped. Dequeues that started before this commits did not see
@@ -95,6 +100,18 @@ BEGIN
                             ELSE l.in_flight END
     RETURNING l.in_flight INTO v_inflight;
 
+    IF max_concurrency < v_inflight THEN
+        -- A lowered cap: ready messages holding slots compete for the new ones again.
+        WITH released AS (
+            UPDATE hydra.message m SET holds_slot = false
+             WHERE m.queue = v_queue AND m.channel = v_channel AND m.state = 'ready'
+               AND m.holds_slot
+            RETURNING 1
+        )
+        UPDATE hydra.channel_limit l
+           SET in_flight = greatest(l.in_flight - (SELECT count(*) FROM released), 0)
+         WHERE l.queue = v_queue AND l.channel = v_channel;
+    END IF;
     IF max_concurrency IS NULL THEN
         PERFORM hydra._unpark(v_queue, v_channel, NULL, false);
     ELSIF max_concurrency > v_inflight THEN
