@@ -309,13 +309,6 @@ def test_a_dequeue_never_deadlocks_with_a_worker_settling_in_channel_order(
         got.join(10)
 
 
-@pytest.mark.xfail(
-    reason="channel_policy_set decides 'becoming capped' from an unlocked read of the limit "
-    "row; when a concurrent channel_policy_clear deletes it, the upsert inserts in_flight 0 "
-    "without counting the channel's processing messages",
-    raises=AssertionError,
-    strict=True,
-)
 def test_a_policy_set_racing_a_policy_clear_counts_the_running_messages(
     db: Conn, connect: Any
 ) -> None:
