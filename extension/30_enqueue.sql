@@ -135,7 +135,9 @@ BEGIN
         SELECT min(d.p) INTO v_missing
           FROM unnest(p_dep_parents) d(p)
          WHERE d.p <> ALL (v_parent_ids)
-           AND (d.p <= 0 OR d.p > (SELECT s.last_value FROM hydra.message_id_seq s));
+           AND (d.p <= 0 OR d.p > (SELECT CASE WHEN s.is_called THEN s.last_value
+                                                ELSE s.last_value - 1 END
+                                      FROM hydra.message_id_seq s));
         IF v_missing IS NOT NULL THEN
             RAISE EXCEPTION USING ERRCODE = '22023',
                 MESSAGE = format('depends_on: unknown message id %s', v_missing);

@@ -898,7 +898,9 @@ BEGIN
         SELECT min(d.p) INTO v_missing
           FROM unnest(p_dep_parents) d(p)
          WHERE d.p <> ALL (v_parent_ids)
-           AND (d.p <= 0 OR d.p > (SELECT s.last_value FROM hydra.message_id_seq s));
+           AND (d.p <= 0 OR d.p > (SELECT CASE WHEN s.is_called THEN s.last_value
+                                                ELSE s.last_value - 1 END
+                                      FROM hydra.message_id_seq s));
         IF v_missing IS NOT NULL THEN
             RAISE EXCEPTION USING ERRCODE = '22023',
                 MESSAGE = format('depends_on: unknown message id %s', v_missing);
@@ -2151,12 +2153,18 @@ AS $$
 DECLARE
     v_ids bigint[];
 BEGIN
-    -- Takes expired leases with SKIP LOCKED (FOR UPDATE: waits for no one, and skips parents
-    -- a producer is attaching children to until that producer commits).
+    -- Takes expired leases with SKIP LOCKED: waits for no one.
     v_ids := ARRAY(SELECT m.id FROM hydra.message m
                     WHERE m.state = 'processing' AND m.lease_expires_at < now()
                     ORDER BY m.lease_expires_at
                     LIMIT p_batch
+                      FOR NO KEY UPDATE SKIP LOCKED);
+    -- A lease that ends the message needs FOR UPDATE (to see children being attached); one
+    -- a producer is attaching to right now waits for the next call.
+    v_ids := ARRAY(SELECT m.id FROM hydra.message m
+                    WHERE m.id = ANY (v_ids) AND m.attempt < m.num_attempts)
+          || ARRAY(SELECT m.id FROM hydra.message m
+                    WHERE m.id = ANY (v_ids) AND m.attempt >= m.num_attempts
                       FOR UPDATE SKIP LOCKED);
     IF v_ids = '{}' THEN
         RETURN;
@@ -2205,7 +2213,7 @@ BEGIN
          WHERE m.state = 'locked' AND m.available_at <= now()
          ORDER BY m.available_at, m.id
          LIMIT p_batch
-           FOR UPDATE SKIP LOCKED
+           FOR NO KEY UPDATE SKIP LOCKED
     LOOP
         PERFORM hydra._make_ready(v_row.id);
         PERFORM hydra._wake_workers(v_row.queue);
@@ -2249,7 +2257,7 @@ BEGIN
                  WHERE m.state = 'pending' AND m.deps_left = 0 AND m.available_at <= now()
                  ORDER BY m.available_at, m.id
                  LIMIT p_batch
-                   FOR UPDATE SKIP LOCKED) d
+                   FOR NO KEY UPDATE SKIP LOCKED) d
           LEFT JOIN hydra.channel_limit l ON l.queue = d.queue AND l.channel = d.channel
          ORDER BY d.queue, d.channel, d.available_at, d.id
     LOOP
@@ -2272,6 +2280,9 @@ BEGIN
             END IF;
             CONTINUE WHEN NOT v_locked;
             IF v_room IS NOT NULL AND v_room <= 0 THEN
+                -- Finishing needs FOR UPDATE (children being attached); else next call.
+                PERFORM 1 FROM hydra.message m WHERE m.id = v_row.id FOR UPDATE SKIP LOCKED;
+                CONTINUE WHEN NOT FOUND;
                 PERFORM hydra._finish_unrun(v_row.id, 'dropped: channel is full');
                 RETURN NEXT hydra._event('MESSAGE_DROPPED', v_row.id, v_row.queue, v_row.channel,
                                          jsonb_build_object('max_size', v_limit.max_size));
@@ -2315,8 +2326,18 @@ BEGIN
          WHERE m.id IN (SELECT d.child_id FROM hydra.dependency d
                          WHERE d.parent_id = ANY (v_parents) AND NOT d.resolved)
          ORDER BY m.id
-           FOR UPDATE SKIP LOCKED
+           FOR NO KEY UPDATE SKIP LOCKED
     LOOP
+        -- A child about to fail by cascade is finished: that needs FOR UPDATE (to see its own
+        -- children being attached); if a producer holds it, try again next call.
+        IF v_child.state = 'pending' AND v_child.cascade_failure
+           AND EXISTS (SELECT 1 FROM hydra.dependency d JOIN hydra.parent_outcome o
+                          ON o.parent_id = d.parent_id
+                        WHERE d.child_id = v_child.id AND NOT d.resolved
+                          AND d.parent_id = ANY (v_parents) AND NOT o.succeeded) THEN
+            PERFORM 1 FROM hydra.message m WHERE m.id = v_child.id FOR UPDATE SKIP LOCKED;
+            CONTINUE WHEN NOT FOUND;
+        END IF;
         v_n := 0;
         v_failed := '{}';
         FOR v_edge IN

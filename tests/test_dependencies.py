@@ -291,12 +291,6 @@ def test_unknown_parent_id_is_rejected_naming_depends_on_and_nothing_is_written(
     assert (_messages(db), _edges(db)) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _enqueue_rows compares parent ids with message_id_seq.last_value without "
-    "is_called; in a fresh database id 1 passes as a finished parent (and the new message, "
-    "id 1, becomes its own parent)",
-)
 def test_the_first_id_is_unknown_before_any_message_was_ever_enqueued(db: Conn) -> None:
     # A fresh database: the id sequence has not issued anything yet (is_called = false), so
     # id 1 never existed; accepting it would even make the new message (which gets id 1)
@@ -464,11 +458,6 @@ def test_an_open_producer_transaction_attaching_a_child_does_not_stall_its_ready
     producer.rollback()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _release_due/_unlock_due take parents FOR UPDATE SKIP LOCKED, which conflicts "
-    "with the producer's FOR KEY SHARE: the parent is skipped until the producer commits",
-)
 @pytest.mark.parametrize("parent_state", ["pending", "locked"])
 def test_an_open_producer_transaction_does_not_delay_its_parents_release(
     db: Conn, connect: Any, parent_state: str
