@@ -3,27 +3,53 @@
 -- deletion waits until this child's edge is committed) and the unique-index wait when another
 -- open transaction enqueued the same de-duplication name.
 
--- Next virtual time for a channel at one priority: after the channel's own tail, never before
--- the round the queue is serving now (the head of the ready order). Reads only.
-CREATE FUNCTION hydra._next_vtime(p_queue text, p_channel text, p_prio integer)
-RETURNS bigint
+-- Next virtual times for (channel, priority) pairs of a queue: after each channel's own tail,
+-- never before the round the queue is serving now (the head of the ready order). Reads only;
+-- two index probes per pair, in one statement whatever the number of pairs.
+CREATE FUNCTION hydra._next_vtimes(p_queue text, p_channels text[], p_prios integer[])
+RETURNS TABLE (channel text, prio integer, base bigint)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+BEGIN
+    -- tail: the channel's last ready or parked vtime; head: the smallest ready vtime.
+    RETURN QUERY
+    SELECT g.c, g.p, greatest(coalesce(t.v + 1, 0), coalesce(h.v, 0))
+      FROM unnest(p_channels, p_prios) g(c, p)
+      LEFT JOIN LATERAL (SELECT m.vtime FROM hydra.message m
+                          WHERE m.queue = p_queue AND m.channel = g.c AND m.prio = g.p
+                            AND m.state IN ('ready', 'parked')
+                          ORDER BY m.vtime DESC LIMIT 1) t(v) ON true
+      LEFT JOIN LATERAL (SELECT m.vtime FROM hydra.message m
+                          WHERE m.queue = p_queue AND m.state = 'ready' AND m.prio = g.p
+                          ORDER BY m.vtime, m.id LIMIT 1) h(v) ON true;
+END
+$$;
+
+-- Admitted messages of a channel (ready, parked, processing, locked), counted up to p_limit:
+-- what max_size compares with.
+CREATE FUNCTION hydra._admitted_count(p_queue text, p_channel text, p_limit integer)
+RETURNS integer
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
-    v_tail bigint;
-    v_head bigint;
+    v_waiting integer;
+    v_running integer;
 BEGIN
-    -- Two index probes (PL/pgSQL caches their plans; a SQL function would re-plan per call).
-    SELECT m.vtime + 1 INTO v_tail FROM hydra.message m
-     WHERE m.queue = p_queue AND m.channel = p_channel AND m.prio = p_prio
-       AND m.state IN ('ready', 'parked')
-     ORDER BY m.vtime DESC LIMIT 1;
-    SELECT m.vtime INTO v_head FROM hydra.message m
-     WHERE m.queue = p_queue AND m.state = 'ready' AND m.prio = p_prio
-     ORDER BY m.vtime, m.id LIMIT 1;
-    RETURN greatest(coalesce(v_tail, 0), coalesce(v_head, 0));
+    -- Two bounded index scans: waiting states, then processing.
+    SELECT count(*) INTO v_waiting
+      FROM (SELECT 1 FROM hydra.message m
+             WHERE m.queue = p_queue AND m.channel = p_channel
+               AND m.state IN ('ready', 'parked', 'locked')
+             LIMIT p_limit) w;
+    SELECT count(*) INTO v_running
+      FROM (SELECT 1 FROM hydra.message m
+             WHERE m.queue = p_queue AND m.channel = p_channel AND m.state = 'processing'
+             LIMIT p_limit) r;
+    RETURN v_waiting + v_running;
 END
 $$;
 
@@ -173,11 +199,8 @@ BEGIN
              GROUP BY d.ord
         ), limits AS (
             SELECT l.channel, l.max_size, hydra._capped_room(p_queue, l.channel) AS room,
-                   (SELECT count(*) FROM (SELECT 1 FROM hydra.message m
-                                           WHERE m.queue = p_queue AND m.channel = l.channel
-                                             AND m.state IN ('ready', 'parked', 'processing',
-                                                             'locked')
-                                           LIMIT l.max_size) live) AS live
+                   CASE WHEN l.max_size IS NOT NULL
+                        THEN hydra._admitted_count(p_queue, l.channel, l.max_size) END AS live
               FROM hydra.channel_limit l
              WHERE l.queue = p_queue
                AND l.channel IN (SELECT i.channel FROM input i)
@@ -201,9 +224,11 @@ BEGIN
                         THEN 'parked' ELSE j.verdict END AS fate
               FROM judged j
         ), bases AS (
-            SELECT g.channel, g.prio, hydra._next_vtime(p_queue, g.channel, g.prio) AS base
-              FROM (SELECT DISTINCT x.channel, x.prio FROM decided x
-                     WHERE x.fate IN ('ready', 'parked')) g
+            SELECT v.channel, v.prio, v.base
+              FROM (SELECT array_agg(g.channel) AS cs, array_agg(g.prio) AS ps
+                      FROM (SELECT DISTINCT x.channel, x.prio FROM decided x
+                             WHERE x.fate IN ('ready', 'parked')) g) pairs,
+                   hydra._next_vtimes(p_queue, pairs.cs, pairs.ps) v
         ), ins AS (
             INSERT INTO hydra.message AS m (id, queue, channel, state, prio, vtime,
                 num_attempts, deps_left, cascade_failure, lock_secs, lock_secs_factor,
@@ -344,7 +369,9 @@ BEGIN
             cascade_failure, lock_secs, lock_secs_factor, max_processing_secs,
             available_at, name, payload)
         VALUES (enqueue.queue, v_channel, v_state, v_prio,
-                CASE WHEN v_ready THEN hydra._next_vtime(enqueue.queue, v_channel, v_prio)
+                CASE WHEN v_ready
+                     THEN (SELECT v.base FROM hydra._next_vtimes(enqueue.queue, ARRAY[v_channel],
+                                                                 ARRAY[v_prio]) v)
                      ELSE 0 END,
                 enqueue.num_attempts, enqueue.cascade_failure, enqueue.lock_secs,
                 enqueue.lock_secs_factor, enqueue.max_processing_secs,

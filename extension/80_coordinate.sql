@@ -60,7 +60,8 @@ SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
     UPDATE hydra.message m
        SET state = 'ready', available_at = NULL,
-           vtime = hydra._next_vtime(m.queue, m.channel, m.prio)
+           vtime = (SELECT v.base FROM hydra._next_vtimes(m.queue, ARRAY[m.channel],
+                                                          ARRAY[m.prio]) v)
      WHERE m.id = p_id;
 END;
 
@@ -135,11 +136,9 @@ BEGIN
                    FOR NO KEY UPDATE SKIP LOCKED;
                 v_locked := FOUND;
                 IF v_locked AND v_limit.max_size IS NOT NULL THEN
-                    SELECT v_limit.max_size - count(*) INTO v_room
-                      FROM (SELECT 1 FROM hydra.message m
-                             WHERE m.queue = v_row.queue AND m.channel = v_row.channel
-                               AND m.state IN ('ready', 'parked', 'processing', 'locked')
-                             LIMIT v_limit.max_size) live;
+                    v_room := v_limit.max_size
+                              - hydra._admitted_count(v_row.queue, v_row.channel,
+                                                      v_limit.max_size);
                 ELSE
                     v_room := NULL;
                 END IF;

@@ -81,13 +81,17 @@ COMMENT ON TABLE hydra.message IS
 -- The fair order: one ordered scan of this index is a dequeue.
 CREATE INDEX message_ready_idx ON hydra.message (queue, prio DESC, vtime, id)
     WHERE state = 'ready';
--- Per-channel view of admitted messages: channel tail for vtime, un-parking, max_size counts.
+-- Per-channel view of waiting messages: channel tail for vtime, un-parking, max_size counts.
+-- Processing messages are left out on purpose: the ready -> processing update (the hot path)
+-- then writes two index entries (primary key, lease) instead of three.
 CREATE INDEX message_live_idx ON hydra.message (queue, channel, prio DESC, vtime, id)
-    WHERE state IN ('ready', 'parked', 'processing', 'locked');
+    WHERE state IN ('ready', 'parked', 'locked');
 -- Time-driven work of coordinate(): delays, back-off, lease expiry, retention.
 CREATE INDEX message_due_idx ON hydra.message (available_at)
     WHERE state = 'locked' OR (state = 'pending' AND deps_left = 0);
-CREATE INDEX message_lease_idx ON hydra.message (lease_expires_at)
+-- Processing messages per channel (slot and size counts) and their lease deadlines (expiry
+-- reads the whole index: it holds only what workers hold right now).
+CREATE INDEX message_lease_idx ON hydra.message (queue, channel, lease_expires_at)
     WHERE state = 'processing';
 CREATE INDEX message_failed_idx ON hydra.message (finished_at)
     WHERE state = 'failed';
@@ -181,6 +185,7 @@ END
 $$;
 
 -- Checks the options every message carries; the arrays are aligned, one element per message.
+-- One set-based statement (a loop of calls costs more than the insert it guards).
 CREATE FUNCTION hydra._check_message_options(
     p_payloads            jsonb[],
     p_channels            text[],
@@ -194,50 +199,47 @@ CREATE FUNCTION hydra._check_message_options(
     p_max_processing_secs numeric[]
 )
 RETURNS void
-LANGUAGE plpgsql IMMUTABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
-    v_i integer;
+    v_problem text;
 BEGIN
-    -- A message's options, in the order the API lists them.
-    FOR v_i IN 1 .. coalesce(array_length(p_payloads, 1), 0) LOOP
-        IF p_payloads[v_i] IS NULL THEN
-            PERFORM hydra._invalid('payload', 'must not be NULL');
-        END IF;
-        IF p_channels[v_i] IS NOT NULL THEN
-            PERFORM hydra._check_name('channel', p_channels[v_i], true);
-        END IF;
-        IF p_priorities[v_i] = -2147483648 THEN
-            PERFORM hydra._invalid('priority', 'must be greater than -2147483648 (reserved for NULL)');
-        END IF;
-        IF p_names[v_i] IS NOT NULL THEN
-            PERFORM hydra._check_name('name', p_names[v_i], true);
-        END IF;
-        IF p_num_attempts[v_i] IS NULL OR p_num_attempts[v_i] < 1 THEN
-            PERFORM hydra._invalid('num_attempts', 'must be at least 1');
-        END IF;
-        IF p_lock_secs[v_i] IS NULL OR p_lock_secs[v_i] < 0 THEN
-            PERFORM hydra._invalid('lock_secs', 'must be 0 or more');
-        END IF;
-        IF p_lock_secs_factor[v_i] IS NULL OR p_lock_secs_factor[v_i] < 1 THEN
-            PERFORM hydra._invalid('lock_secs_factor', 'must be at least 1');
-        END IF;
-        IF p_delay_secs[v_i] IS NULL OR p_delay_secs[v_i] < 0 THEN
-            PERFORM hydra._invalid('delay_secs', 'must be 0 or more');
-        END IF;
-        IF p_cascade_failure[v_i] IS NULL THEN
-            PERFORM hydra._invalid('cascade_failure', 'must not be NULL');
-        END IF;
-        IF p_max_processing_secs[v_i] IS NULL OR p_max_processing_secs[v_i] <= 0 THEN
-            PERFORM hydra._invalid('max_processing_secs', 'must be greater than 0');
-        END IF;
-        IF p_delay_secs[v_i] > 315360000 OR p_max_processing_secs[v_i] > 315360000
-           OR p_lock_secs[v_i] > 315360000 THEN
-            PERFORM hydra._invalid('delay_secs, lock_secs, max_processing_secs',
-                                   'must be at most 315360000 (ten years)');
-        END IF;
-    END LOOP;
+    -- The first rule broken, in the order the API lists the options.
+    SELECT x.problem INTO v_problem
+      FROM (SELECT CASE
+                   WHEN o.payload IS NULL THEN 'payload: must not be NULL'
+                   WHEN o.channel = '' THEN 'channel: must not be empty'
+                   WHEN length(o.channel) > 255 THEN 'channel: must be at most 255 characters'
+                   WHEN o.channel ~ '[[:cntrl:]]' THEN 'channel: must not contain control characters'
+                   WHEN o.priority = -2147483648
+                        THEN 'priority: must be greater than -2147483648 (reserved for NULL)'
+                   WHEN o.name = '' THEN 'name: must not be empty'
+                   WHEN length(o.name) > 255 THEN 'name: must be at most 255 characters'
+                   WHEN o.name ~ '[[:cntrl:]]' THEN 'name: must not contain control characters'
+                   WHEN o.num_attempts IS NULL OR o.num_attempts < 1
+                        THEN 'num_attempts: must be at least 1'
+                   WHEN o.lock_secs IS NULL OR o.lock_secs < 0 THEN 'lock_secs: must be 0 or more'
+                   WHEN o.factor IS NULL OR o.factor < 1 THEN 'lock_secs_factor: must be at least 1'
+                   WHEN o.delay IS NULL OR o.delay < 0 THEN 'delay_secs: must be 0 or more'
+                   WHEN o.cascade IS NULL THEN 'cascade_failure: must not be NULL'
+                   WHEN o.max_processing IS NULL OR o.max_processing <= 0
+                        THEN 'max_processing_secs: must be greater than 0'
+                   WHEN o.delay > 315360000 OR o.max_processing > 315360000 OR o.lock_secs > 315360000
+                        THEN 'delay_secs, lock_secs, max_processing_secs: must be at most 315360000 '
+                             '(ten years)'
+                 END AS problem
+              FROM unnest(p_payloads, p_channels, p_priorities, p_names, p_num_attempts,
+                          p_lock_secs, p_lock_secs_factor, p_delay_secs, p_cascade_failure,
+                          p_max_processing_secs)
+                 AS o(payload, channel, priority, name, num_attempts, lock_secs, factor, delay,
+                      cascade, max_processing)) x
+     WHERE x.problem IS NOT NULL
+     LIMIT 1;
+    IF v_problem IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = v_problem;
+    END IF;
 END
 $$;
 
@@ -766,27 +768,53 @@ REVOKE ALL ON FUNCTION hydra.cron_next(text, timestamptz, text) FROM PUBLIC;
 -- deletion waits until this child's edge is committed) and the unique-index wait when another
 -- open transaction enqueued the same de-duplication name.
 
--- Next virtual time for a channel at one priority: after the channel's own tail, never before
--- the round the queue is serving now (the head of the ready order). Reads only.
-CREATE FUNCTION hydra._next_vtime(p_queue text, p_channel text, p_prio integer)
-RETURNS bigint
+-- Next virtual times for (channel, priority) pairs of a queue: after each channel's own tail,
+-- never before the round the queue is serving now (the head of the ready order). Reads only;
+-- two index probes per pair, in one statement whatever the number of pairs.
+CREATE FUNCTION hydra._next_vtimes(p_queue text, p_channels text[], p_prios integer[])
+RETURNS TABLE (channel text, prio integer, base bigint)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+BEGIN
+    -- tail: the channel's last ready or parked vtime; head: the smallest ready vtime.
+    RETURN QUERY
+    SELECT g.c, g.p, greatest(coalesce(t.v + 1, 0), coalesce(h.v, 0))
+      FROM unnest(p_channels, p_prios) g(c, p)
+      LEFT JOIN LATERAL (SELECT m.vtime FROM hydra.message m
+                          WHERE m.queue = p_queue AND m.channel = g.c AND m.prio = g.p
+                            AND m.state IN ('ready', 'parked')
+                          ORDER BY m.vtime DESC LIMIT 1) t(v) ON true
+      LEFT JOIN LATERAL (SELECT m.vtime FROM hydra.message m
+                          WHERE m.queue = p_queue AND m.state = 'ready' AND m.prio = g.p
+                          ORDER BY m.vtime, m.id LIMIT 1) h(v) ON true;
+END
+$$;
+
+-- Admitted messages of a channel (ready, parked, processing, locked), counted up to p_limit:
+-- what max_size compares with.
+CREATE FUNCTION hydra._admitted_count(p_queue text, p_channel text, p_limit integer)
+RETURNS integer
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
-    v_tail bigint;
-    v_head bigint;
+    v_waiting integer;
+    v_running integer;
 BEGIN
-    -- Two index probes (PL/pgSQL caches their plans; a SQL function would re-plan per call).
-    SELECT m.vtime + 1 INTO v_tail FROM hydra.message m
-     WHERE m.queue = p_queue AND m.channel = p_channel AND m.prio = p_prio
-       AND m.state IN ('ready', 'parked')
-     ORDER BY m.vtime DESC LIMIT 1;
-    SELECT m.vtime INTO v_head FROM hydra.message m
-     WHERE m.queue = p_queue AND m.state = 'ready' AND m.prio = p_prio
-     ORDER BY m.vtime, m.id LIMIT 1;
-    RETURN greatest(coalesce(v_tail, 0), coalesce(v_head, 0));
+    -- Two bounded index scans: waiting states, then processing.
+    SELECT count(*) INTO v_waiting
+      FROM (SELECT 1 FROM hydra.message m
+             WHERE m.queue = p_queue AND m.channel = p_channel
+               AND m.state IN ('ready', 'parked', 'locked')
+             LIMIT p_limit) w;
+    SELECT count(*) INTO v_running
+      FROM (SELECT 1 FROM hydra.message m
+             WHERE m.queue = p_queue AND m.channel = p_channel AND m.state = 'processing'
+             LIMIT p_limit) r;
+    RETURN v_waiting + v_running;
 END
 $$;
 
@@ -936,11 +964,8 @@ BEGIN
              GROUP BY d.ord
         ), limits AS (
             SELECT l.channel, l.max_size, hydra._capped_room(p_queue, l.channel) AS room,
-                   (SELECT count(*) FROM (SELECT 1 FROM hydra.message m
-                                           WHERE m.queue = p_queue AND m.channel = l.channel
-                                             AND m.state IN ('ready', 'parked', 'processing',
-                                                             'locked')
-                                           LIMIT l.max_size) live) AS live
+                   CASE WHEN l.max_size IS NOT NULL
+                        THEN hydra._admitted_count(p_queue, l.channel, l.max_size) END AS live
               FROM hydra.channel_limit l
              WHERE l.queue = p_queue
                AND l.channel IN (SELECT i.channel FROM input i)
@@ -964,9 +989,11 @@ BEGIN
                         THEN 'parked' ELSE j.verdict END AS fate
               FROM judged j
         ), bases AS (
-            SELECT g.channel, g.prio, hydra._next_vtime(p_queue, g.channel, g.prio) AS base
-              FROM (SELECT DISTINCT x.channel, x.prio FROM decided x
-                     WHERE x.fate IN ('ready', 'parked')) g
+            SELECT v.channel, v.prio, v.base
+              FROM (SELECT array_agg(g.channel) AS cs, array_agg(g.prio) AS ps
+                      FROM (SELECT DISTINCT x.channel, x.prio FROM decided x
+                             WHERE x.fate IN ('ready', 'parked')) g) pairs,
+                   hydra._next_vtimes(p_queue, pairs.cs, pairs.ps) v
         ), ins AS (
             INSERT INTO hydra.message AS m (id, queue, channel, state, prio, vtime,
                 num_attempts, deps_left, cascade_failure, lock_secs, lock_secs_factor,
@@ -1107,7 +1134,9 @@ BEGIN
             cascade_failure, lock_secs, lock_secs_factor, max_processing_secs,
             available_at, name, payload)
         VALUES (enqueue.queue, v_channel, v_state, v_prio,
-                CASE WHEN v_ready THEN hydra._next_vtime(enqueue.queue, v_channel, v_prio)
+                CASE WHEN v_ready
+                     THEN (SELECT v.base FROM hydra._next_vtimes(enqueue.queue, ARRAY[v_channel],
+                                                                 ARRAY[v_prio]) v)
                      ELSE 0 END,
                 enqueue.num_attempts, enqueue.cascade_failure, enqueue.lock_secs,
                 enqueue.lock_secs_factor, enqueue.max_processing_secs,
@@ -2194,7 +2223,8 @@ SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
     UPDATE hydra.message m
        SET state = 'ready', available_at = NULL,
-           vtime = hydra._next_vtime(m.queue, m.channel, m.prio)
+           vtime = (SELECT v.base FROM hydra._next_vtimes(m.queue, ARRAY[m.channel],
+                                                          ARRAY[m.prio]) v)
      WHERE m.id = p_id;
 END;
 
@@ -2269,11 +2299,9 @@ BEGIN
                    FOR NO KEY UPDATE SKIP LOCKED;
                 v_locked := FOUND;
                 IF v_locked AND v_limit.max_size IS NOT NULL THEN
-                    SELECT v_limit.max_size - count(*) INTO v_room
-                      FROM (SELECT 1 FROM hydra.message m
-                             WHERE m.queue = v_row.queue AND m.channel = v_row.channel
-                               AND m.state IN ('ready', 'parked', 'processing', 'locked')
-                             LIMIT v_limit.max_size) live;
+                    v_room := v_limit.max_size
+                              - hydra._admitted_count(v_row.queue, v_row.channel,
+                                                      v_limit.max_size);
                 ELSE
                     v_room := NULL;
                 END IF;
