@@ -89,9 +89,10 @@ def enqueue_some(conn: Conn, rng: random.Random) -> dict[int, int]:
 
 
 @pytest.mark.xfail(
-    reason="40P01 between complete_many (deletes its rows in plan order, not ascending id) and "
-    "channel_policy_set (waits on the channel's ready, then processing rows, ascending); and "
-    "the dequeue lock-order bug of test_concurrency_caps -- in most 30 s runs",
+    reason="40P01 between channel_policy_set (holds the limit row, waits on the channel's "
+    "message rows) and settling (complete_many, fail_many, lease expiry: message rows, then "
+    "_release_slots waits on the limit row) -- see test_capping_a_channel_never_deadlocks_"
+    "with_a_completing_worker; in most 30 s runs",
     raises=DeadlockSeen,
     strict=False,
 )
@@ -107,8 +108,16 @@ def test_mixed_load_neither_deadlocks_nor_loses_a_message(db: Conn, connect: Any
                 if fn():
                     return
             except psycopg.Error as exc:
+                where = [
+                    line.strip()
+                    for line in (exc.diag.context or "").splitlines()
+                    if line.strip().startswith("PL/pgSQL function")
+                ]
                 with ledger.lock:
-                    ledger.errors.append(f"{role}: {exc.sqlstate} {exc}")
+                    ledger.errors.append(
+                        f"{role}: {exc.sqlstate} {exc.diag.message_primary}"
+                        f" in {where[0] if where else '?'}; {exc.diag.message_detail}"
+                    )
                 if not conn.closed and conn.info.transaction_status != 0:
                     conn.rollback()
 
@@ -357,4 +366,5 @@ def test_mixed_load_neither_deadlocks_nor_loses_a_message(db: Conn, connect: Any
     # ---- no deadlock ---------------------------------------------------------------------
     deadlocks = [e for e in ledger.errors if "40P01" in e]
     if deadlocks:
-        raise DeadlockSeen(f"{len(deadlocks)} deadlocks, e.g. {deadlocks[0]}")
+        where = Counter(e.split(" in ")[1].split(";")[0] for e in deadlocks)
+        raise DeadlockSeen(f"{len(deadlocks)} deadlocks, in {dict(where)}; e.g. {deadlocks[0]}")
