@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -145,11 +146,17 @@ def git_info(repo: Path) -> dict[str, Any]:
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True,
                               timeout=10).stdout.strip()
+    info: dict[str, Any] = {}
     try:
-        return {"commit": git("rev-parse", "HEAD") or None,
-                "dirty": bool(git("status", "--porcelain", "--", "extension", "sql", "bench"))}
+        info = {"commit": git("rev-parse", "HEAD") or None,
+                "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--",
+                                  "extension", "sql", "bench"))}
     except (OSError, subprocess.SubprocessError):
-        return {}
+        pass
+    # The exact install script measured (the tree may hold uncommitted work).
+    info["sql_scripts"] = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+                           for p in sorted((repo / "sql").glob("hydramq--*.sql"))}
+    return info
 
 
 def server_info(conn: psycopg.Connection) -> dict[str, Any]:
