@@ -52,7 +52,7 @@ CREATE TABLE hydra.message (
     attempt             integer     NOT NULL DEFAULT 0,  -- deliveries so far
     num_attempts        integer     NOT NULL,
     deps_left           integer     NOT NULL DEFAULT 0,  -- parents not yet resolved
-    holds_slot          boolean     NOT NULL DEFAULT false,
+    slot_epoch          bigint,                          -- epoch of the slot held; NULL: none
     cascade_failure     boolean     NOT NULL,
     lock_secs           numeric     NOT NULL,
     lock_secs_factor    numeric     NOT NULL,
@@ -115,13 +115,18 @@ CREATE TABLE hydra.parent_outcome (
     CONSTRAINT parent_outcome_pkey PRIMARY KEY (parent_id)
 );
 
--- Channel policies. in_flight counts the channel's messages holding a concurrency slot.
+-- Slot epochs: a channel gets a new one each time it becomes capped, so that slots handed out
+-- under an earlier policy (cleared since) are never given back to the new one.
+CREATE SEQUENCE hydra.slot_epoch_seq;
+
+-- Channel policies. in_flight counts the channel's messages holding a slot of this epoch.
 CREATE TABLE hydra.channel_limit (
     queue           text    NOT NULL,
     channel         text    NOT NULL,
     max_concurrency integer,
     max_size        integer,
     in_flight       integer NOT NULL DEFAULT 0,
+    epoch           bigint  NOT NULL DEFAULT pg_catalog.nextval('hydra.slot_epoch_seq'),
     CONSTRAINT channel_limit_pkey PRIMARY KEY (queue, channel)
 ) WITH (fillfactor = 50);
 
@@ -139,3 +144,4 @@ SELECT pg_catalog.pg_extension_config_dump('hydra.message_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('hydra.dependency', '');
 SELECT pg_catalog.pg_extension_config_dump('hydra.parent_outcome', '');
 SELECT pg_catalog.pg_extension_config_dump('hydra.channel_limit', '');
+SELECT pg_catalog.pg_extension_config_dump('hydra.slot_epoch_seq', '');

@@ -50,9 +50,10 @@ DECLARE
     v_seen     bigint[] := '{}';
     v_ids      bigint[];
     v_channels text[];
-    v_holds    boolean[];
+    v_epochs   bigint[];
     v_lchan    text[];
     v_lfree    integer[];
+    v_lepoch   bigint[];
     v_got      integer;
 BEGIN
     -- Locks: candidates and limit rows, both with SKIP LOCKED.
@@ -60,9 +61,9 @@ BEGIN
         v_turn := v_turn + 1;
         SELECT array_agg(c.id ORDER BY c.prio DESC, c.vtime, c.id),
                array_agg(c.channel ORDER BY c.prio DESC, c.vtime, c.id),
-               array_agg(c.holds_slot ORDER BY c.prio DESC, c.vtime, c.id)
-          INTO v_ids, v_channels, v_holds
-          FROM (SELECT m.id, m.channel, m.holds_slot, m.prio, m.vtime
+               array_agg(c.slot_epoch ORDER BY c.prio DESC, c.vtime, c.id)
+          INTO v_ids, v_channels, v_epochs
+          FROM (SELECT m.id, m.channel, m.slot_epoch, m.prio, m.vtime
                   FROM hydra.message m
                  WHERE m.queue = p_queue AND m.state = 'ready' AND m.id <> ALL (v_seen)
                  ORDER BY m.prio DESC, m.vtime, m.id
@@ -72,38 +73,42 @@ BEGIN
         -- Rows looked at stay locked by us until commit: never pick them again.
         v_seen := v_seen || v_ids;
 
+        -- Limit rows of the channels some candidate needs a slot in.
         SELECT coalesce(array_agg(l.channel), '{}'),
-               coalesce(array_agg(l.max_concurrency - l.in_flight), '{}')
-          INTO v_lchan, v_lfree
-          FROM (SELECT cl.channel, cl.max_concurrency, cl.in_flight
+               coalesce(array_agg(l.max_concurrency - l.in_flight), '{}'),
+               coalesce(array_agg(l.epoch), '{}')
+          INTO v_lchan, v_lfree, v_lepoch
+          FROM (SELECT cl.channel, cl.max_concurrency, cl.in_flight, cl.epoch
                   FROM hydra.channel_limit cl
                  WHERE cl.queue = p_queue AND cl.max_concurrency IS NOT NULL
-                   AND cl.channel = ANY (ARRAY(SELECT u.c FROM unnest(v_channels, v_holds) u(c, h)
-                                               WHERE NOT u.h))
+                   AND EXISTS (SELECT 1 FROM unnest(v_channels, v_epochs) u(c, e)
+                                WHERE u.c = cl.channel AND u.e IS DISTINCT FROM cl.epoch)
                    FOR NO KEY UPDATE SKIP LOCKED) l;
 
         RETURN QUERY
-        WITH cand AS (
-            SELECT u.id, u.channel, u.holds, u.ord
-              FROM unnest(v_ids, v_channels, v_holds) WITH ORDINALITY u(id, channel, holds, ord)
-        ), lim AS (
-            SELECT u.channel, u.free FROM unnest(v_lchan, v_lfree) u(channel, free)
-        ), capped AS (
-            -- Channels with a cap (the limit row may be busy: then we did not get it).
-            SELECT cl.channel FROM hydra.channel_limit cl
+        WITH capped AS (
+            -- Channels with a cap (their limit row may be busy: then we did not get it).
+            SELECT cl.channel, cl.epoch FROM hydra.channel_limit cl
              WHERE cl.queue = p_queue AND cl.max_concurrency IS NOT NULL
                AND cl.channel = ANY (v_channels)
+        ), cand AS (
+            SELECT u.id, u.channel, u.ord, k.channel IS NOT NULL AS capped,
+                   coalesce(u.epoch = k.epoch, false) AS holds
+              FROM unnest(v_ids, v_channels, v_epochs) WITH ORDINALITY u(id, channel, epoch, ord)
+              LEFT JOIN capped k ON k.channel = u.channel
+        ), lim AS (
+            SELECT u.channel, u.free, u.epoch
+              FROM unnest(v_lchan, v_lfree, v_lepoch) u(channel, free, epoch)
         ), judged AS (
-            SELECT c.id, c.channel, c.ord,
+            SELECT c.id, c.channel, c.ord, l.epoch,
                    (l.channel IS NOT NULL AND NOT c.holds) AS takes_slot,
-                   CASE WHEN c.holds OR k.channel IS NULL THEN 'admit'
+                   CASE WHEN c.holds OR NOT c.capped THEN 'admit'
                         WHEN l.channel IS NULL THEN 'busy'
                         WHEN row_number() OVER (PARTITION BY c.channel, c.holds
                                                 ORDER BY c.ord) <= l.free THEN 'admit'
                         ELSE 'park' END AS verdict
               FROM cand c
               LEFT JOIN lim l ON l.channel = c.channel
-              LEFT JOIN capped k ON k.channel = c.channel
         ), taken AS (
             SELECT j.* FROM (SELECT j.*, row_number() OVER (ORDER BY j.ord) AS n
                                FROM judged j WHERE j.verdict = 'admit') j
@@ -122,7 +127,7 @@ BEGIN
             UPDATE hydra.message m
                SET state = 'processing',
                    attempt = m.attempt + 1,
-                   holds_slot = m.holds_slot OR t.takes_slot,
+                   slot_epoch = CASE WHEN t.takes_slot THEN t.epoch ELSE m.slot_epoch END,
                    lease_token = gen_random_uuid(),
                    lease_expires_at = now() + make_interval(secs => m.max_processing_secs::float8)
               FROM taken t

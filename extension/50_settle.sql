@@ -8,7 +8,7 @@
 -- per released slot. A parked message of the channel takes the slot over (it becomes ready
 -- with the slot reserved), so a saturated channel keeps flowing without a dequeuer parking
 -- and admitting it again.
-CREATE FUNCTION hydra._release_slots(p_queues text[], p_channels text[])
+CREATE FUNCTION hydra._release_slots(p_queues text[], p_channels text[], p_epochs bigint[])
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -19,19 +19,23 @@ DECLARE
     v_c    text[];
     v_n    integer[];
     v_free integer[];
+    v_ep   bigint[];
     v_woke text[];
 BEGIN
     -- Two statements: the limit rows are locked first (sorted: the global lock order), so
     -- that the second statement's snapshot sees every message parked before we got them.
-    SELECT array_agg(l.queue), array_agg(l.channel), array_agg(l.n), array_agg(l.free)
-      INTO v_q, v_c, v_n, v_free
-      FROM (SELECT cl.queue, cl.channel, r.n,
+    -- Slots of an older epoch (the policy was cleared since) are not given back.
+    SELECT array_agg(l.queue), array_agg(l.channel), array_agg(l.n), array_agg(l.free),
+           array_agg(l.epoch)
+      INTO v_q, v_c, v_n, v_free, v_ep
+      FROM (SELECT cl.queue, cl.channel, cl.epoch, r.n,
                    CASE WHEN cl.max_concurrency IS NULL THEN 0
                         ELSE greatest(cl.max_concurrency - (cl.in_flight - r.n), 0) END AS free
               FROM hydra.channel_limit cl
-              JOIN (SELECT u.q, u.c, count(*)::integer AS n
-                      FROM unnest(p_queues, p_channels) u(q, c) GROUP BY u.q, u.c) r
-                ON r.q = cl.queue AND r.c = cl.channel
+              JOIN (SELECT u.q, u.c, u.e, count(*)::integer AS n
+                      FROM unnest(p_queues, p_channels, p_epochs) u(q, c, e)
+                     GROUP BY u.q, u.c, u.e) r
+                ON r.q = cl.queue AND r.c = cl.channel AND r.e = cl.epoch
              ORDER BY cl.queue, cl.channel
                FOR NO KEY UPDATE OF cl) l;
     IF v_q IS NULL THEN
@@ -39,11 +43,12 @@ BEGIN
     END IF;
 
     WITH lim AS (
-        SELECT u.q, u.c, u.n, u.free FROM unnest(v_q, v_c, v_n, v_free) u(q, c, n, free)
+        SELECT u.q, u.c, u.n, u.free, u.e
+          FROM unnest(v_q, v_c, v_n, v_free, v_ep) u(q, c, n, free, e)
     ), unparked AS (
         UPDATE hydra.message m
-           SET state = 'ready', holds_slot = true
-          FROM (SELECT p.id FROM lim,
+           SET state = 'ready', slot_epoch = pick.e
+          FROM (SELECT p.id, lim.e FROM lim,
                        LATERAL (SELECT x.id FROM hydra.message x
                                  WHERE x.queue = lim.q AND x.channel = lim.c
                                    AND x.state = 'parked'
@@ -97,6 +102,7 @@ DECLARE
     v_done     bigint[];
     v_queues   text[];
     v_channels text[];
+    v_epochs   bigint[];
 BEGIN
     -- Deletes the messages whose lease is still held (token matches), then releases their
     -- slots and tells waiting children. Stale or unknown ids are ignored (not returned).
@@ -110,12 +116,13 @@ BEGIN
          WHERE m.id = ANY (message_ids)
            AND m.state = 'processing'
            AND m.lease_token = lease_tokens[array_position(message_ids, m.id)]
-        RETURNING m.id, m.queue, m.channel, m.holds_slot
+        RETURNING m.id, m.queue, m.channel, m.slot_epoch
     )
     SELECT coalesce(array_agg(g.id ORDER BY g.id), '{}'),
-           array_agg(g.queue) FILTER (WHERE g.holds_slot),
-           array_agg(g.channel) FILTER (WHERE g.holds_slot)
-      INTO v_done, v_queues, v_channels
+           array_agg(g.queue) FILTER (WHERE g.slot_epoch IS NOT NULL),
+           array_agg(g.channel) FILTER (WHERE g.slot_epoch IS NOT NULL),
+           array_agg(g.slot_epoch) FILTER (WHERE g.slot_epoch IS NOT NULL)
+      INTO v_done, v_queues, v_channels, v_epochs
       FROM gone g;
     IF v_done = '{}' THEN
         RETURN;
@@ -126,7 +133,7 @@ BEGIN
     PERFORM hydra._record_outcomes(v_done, true);
     -- flows:end
     IF v_queues IS NOT NULL THEN
-        PERFORM hydra._release_slots(v_queues, v_channels);
+        PERFORM hydra._release_slots(v_queues, v_channels, v_epochs);
     END IF;
     RETURN QUERY SELECT unnest(v_done);
 END
@@ -158,13 +165,14 @@ DECLARE
     v_failed   bigint[];
     v_queues   text[];
     v_channels text[];
+    v_epochs   bigint[];
 BEGIN
     -- Decides retry vs finish per message; releases slots; records outcomes of finished ones.
     WITH input AS (
         SELECT u.id, u.err, coalesce(u.retry, true) AS retry
           FROM unnest(p_ids, p_errors, p_retry) u(id, err, retry)
     ), old AS (
-        SELECT m.id, m.queue, m.channel, m.holds_slot
+        SELECT m.id, m.queue, m.channel, m.slot_epoch
           FROM hydra.message m WHERE m.id = ANY (p_ids) AND m.state = 'processing'
     ), upd AS (
         UPDATE hydra.message m
@@ -178,21 +186,22 @@ BEGIN
                last_error = i.err,
                lease_token = NULL,
                lease_expires_at = NULL,
-               holds_slot = false
+               slot_epoch = NULL
           FROM input i
          WHERE m.id = i.id AND m.state = 'processing'
         RETURNING m.id, m.state, m.attempt, m.available_at
     )
     SELECT coalesce(array_agg(u.id) FILTER (WHERE u.state = 'failed'), '{}'),
-           array_agg(o.queue) FILTER (WHERE o.holds_slot),
-           array_agg(o.channel) FILTER (WHERE o.holds_slot)
-      INTO v_failed, v_queues, v_channels
+           array_agg(o.queue) FILTER (WHERE o.slot_epoch IS NOT NULL),
+           array_agg(o.channel) FILTER (WHERE o.slot_epoch IS NOT NULL),
+           array_agg(o.slot_epoch) FILTER (WHERE o.slot_epoch IS NOT NULL)
+      INTO v_failed, v_queues, v_channels, v_epochs
       FROM upd u JOIN old o ON o.id = u.id;
     IF v_failed <> '{}' THEN
         PERFORM hydra._record_outcomes(v_failed, false);
     END IF;
     IF v_queues IS NOT NULL THEN
-        PERFORM hydra._release_slots(v_queues, v_channels);
+        PERFORM hydra._release_slots(v_queues, v_channels, v_epochs);
     END IF;
     RETURN QUERY
         SELECT m.id, m.state, m.attempt, m.available_at

@@ -7,9 +7,9 @@
 -- that a policy change holds (dequeues never wait; settling holds processing rows only), so
 -- this order cannot close a cycle. Run one policy change per transaction.
 
--- Moves parked messages of a channel back to ready: up to p_limit of them (NULL: all), with a
--- slot reserved when p_with_slot.
-CREATE FUNCTION hydra._unpark(p_queue text, p_channel text, p_limit integer, p_with_slot boolean)
+-- Moves parked messages of a channel back to ready: up to p_limit of them (NULL: all), holding
+-- a slot of epoch p_epoch (NULL: holding none).
+CREATE FUNCTION hydra._unpark(p_queue text, p_channel text, p_limit integer, p_epoch bigint)
 RETURNS integer
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -18,7 +18,7 @@ DECLARE
     v_count integer;
 BEGIN
     -- Best parked first (priority, then fair order), skipping rows others hold.
-    UPDATE hydra.message m SET state = 'ready', holds_slot = p_with_slot
+    UPDATE hydra.message m SET state = 'ready', slot_epoch = p_epoch
      WHERE m.id = ANY (ARRAY(
                SELECT p.id FROM hydra.message p
                 WHERE p.queue = p_queue AND p.channel = p_channel AND p.state = 'parked'
@@ -48,7 +48,9 @@ DECLARE
     v_channel  text := coalesce(channel_policy_set.channel, '');
     v_queue    text := channel_policy_set.queue;
     v_old      hydra.channel_limit;
-    v_inflight integer;
+    v_epoch    bigint;
+    v_inflight integer := 0;
+    v_row      hydra.channel_limit;
 BEGIN
     -- Sets the whole policy of one channel (NULL = unlimited for that limit).
     PERFORM hydra._check_name('queue', v_queue, false);
@@ -65,60 +67,63 @@ BEGIN
     SELECT * INTO v_old FROM hydra.channel_limit l
      WHERE l.queue = v_queue AND l.channel = v_channel
        FOR NO KEY UPDATE;
+    v_epoch := v_old.epoch;
 
     IF max_concurrency IS NOT NULL AND v_old.max_concurrency IS NULL THEN
-        -- The channel becomes capped. Dequeues that started before this commits did not see
-        -- the cap: wait for those holding ready rows, then count what is processing.
+        -- The channel becomes capped, under a new slot epoch. Dequeues that started before
+        -- this commits did not see the cap: wait for those holding ready rows (they never
+        -- wait themselves), then give slots to what is processing. Rows being settled right
+        -- now are skipped: they are leaving, and their stale epoch keeps them from giving
+        -- back a slot they never took.
+        v_epoch := pg_catalog.nextval('hydra.slot_epoch_seq');
         PERFORM 1 FROM hydra.message m
          WHERE m.queue = v_queue AND m.channel = v_channel AND m.state = 'ready'
          ORDER BY m.id FOR UPDATE;
-        UPDATE hydra.message m SET holds_slot = false
-         WHERE m.queue = v_queue AND m.channel = v_channel AND m.state = 'ready'
-           AND m.holds_slot;
         WITH marked AS (
-            UPDATE hydra.message m SET holds_slot = true
+            UPDATE hydra.message m SET slot_epoch = v_epoch
              WHERE m.id = ANY (ARRAY(
                        SELECT p.id FROM hydra.message p
                         WHERE p.queue = v_queue AND p.channel = v_channel
                           AND p.state = 'processing'
-                        ORDER BY p.id FOR NO KEY UPDATE))
+                          FOR NO KEY UPDATE SKIP LOCKED))
             RETURNING 1
         )
         SELECT count(*) INTO v_inflight FROM marked;
-    ELSE
-        v_inflight := 0;
     END IF;
 
-    -- in_flight is only written when it was counted above; otherwise the upsert waits for
-    -- the row and keeps (and returns) the value dequeues and releases maintain.
-    INSERT INTO hydra.channel_limit AS l (queue, channel, max_concurrency, max_size, in_flight)
-    VALUES (v_queue, v_channel, max_concurrency, max_size, v_inflight)
+    -- in_flight and epoch are only written when counted above; otherwise the row keeps the
+    -- values dequeues and releases maintain.
+    INSERT INTO hydra.channel_limit AS l
+           (queue, channel, max_concurrency, max_size, in_flight, epoch)
+    VALUES (v_queue, v_channel, max_concurrency, max_size, v_inflight,
+            coalesce(v_epoch, pg_catalog.nextval('hydra.slot_epoch_seq')))
     ON CONFLICT ON CONSTRAINT channel_limit_pkey DO UPDATE
        SET max_concurrency = EXCLUDED.max_concurrency,
            max_size = EXCLUDED.max_size,
            in_flight = CASE WHEN l.max_concurrency IS NULL THEN EXCLUDED.in_flight
-                            ELSE l.in_flight END
-    RETURNING l.in_flight INTO v_inflight;
+                            ELSE l.in_flight END,
+           epoch = CASE WHEN l.max_concurrency IS NULL THEN EXCLUDED.epoch ELSE l.epoch END
+    RETURNING l.* INTO v_row;
 
-    IF max_concurrency < v_inflight THEN
+    IF max_concurrency IS NULL THEN
+        PERFORM hydra._unpark(v_queue, v_channel, NULL, NULL);
+    ELSIF max_concurrency < v_row.in_flight THEN
         -- A lowered cap: ready messages holding slots compete for the new ones again.
         WITH released AS (
-            UPDATE hydra.message m SET holds_slot = false
+            UPDATE hydra.message m SET slot_epoch = NULL
              WHERE m.queue = v_queue AND m.channel = v_channel AND m.state = 'ready'
-               AND m.holds_slot
+               AND m.slot_epoch = v_row.epoch
             RETURNING 1
         )
         UPDATE hydra.channel_limit l
            SET in_flight = greatest(l.in_flight - (SELECT count(*) FROM released), 0)
          WHERE l.queue = v_queue AND l.channel = v_channel;
-    END IF;
-    IF max_concurrency IS NULL THEN
-        PERFORM hydra._unpark(v_queue, v_channel, NULL, false);
-    ELSIF max_concurrency > v_inflight THEN
+    ELSIF max_concurrency > v_row.in_flight THEN
         -- A raised cap: hand the new slots to parked messages at once.
         UPDATE hydra.channel_limit l
            SET in_flight = l.in_flight
-               + hydra._unpark(v_queue, v_channel, max_concurrency - v_inflight, true)
+               + hydra._unpark(v_queue, v_channel, max_concurrency - v_row.in_flight,
+                               v_row.epoch)
          WHERE l.queue = v_queue AND l.channel = v_channel;
     END IF;
 END
@@ -147,7 +152,7 @@ BEGIN
     IF NOT FOUND THEN
         RETURN false;
     END IF;
-    PERFORM hydra._unpark(v_queue, v_channel, NULL, false);
+    PERFORM hydra._unpark(v_queue, v_channel, NULL, NULL);
     RETURN true;
 END
 $$;

@@ -283,7 +283,7 @@ BEGIN
         UPDATE hydra.channel_limit l
            SET in_flight = l.in_flight + hydra._unpark(v_limit.queue, v_limit.channel,
                                                        v_limit.max_concurrency - v_limit.in_flight,
-                                                       true)
+                                                       v_limit.epoch)
          WHERE l.queue = v_limit.queue AND l.channel = v_limit.channel;
     END LOOP;
 END

@@ -56,7 +56,7 @@ CREATE TABLE hydra.message (
     attempt             integer     NOT NULL DEFAULT 0,  -- deliveries so far
     num_attempts        integer     NOT NULL,
     deps_left           integer     NOT NULL DEFAULT 0,  -- parents not yet resolved
-    holds_slot          boolean     NOT NULL DEFAULT false,
+    slot_epoch          bigint,                          -- epoch of the slot held; NULL: none
     cascade_failure     boolean     NOT NULL,
     lock_secs           numeric     NOT NULL,
     lock_secs_factor    numeric     NOT NULL,
@@ -119,13 +119,18 @@ CREATE TABLE hydra.parent_outcome (
     CONSTRAINT parent_outcome_pkey PRIMARY KEY (parent_id)
 );
 
--- Channel policies. in_flight counts the channel's messages holding a concurrency slot.
+-- Slot epochs: a channel gets a new one each time it becomes capped, so that slots handed out
+-- under an earlier policy (cleared since) are never given back to the new one.
+CREATE SEQUENCE hydra.slot_epoch_seq;
+
+-- Channel policies. in_flight counts the channel's messages holding a slot of this epoch.
 CREATE TABLE hydra.channel_limit (
     queue           text    NOT NULL,
     channel         text    NOT NULL,
     max_concurrency integer,
     max_size        integer,
     in_flight       integer NOT NULL DEFAULT 0,
+    epoch           bigint  NOT NULL DEFAULT pg_catalog.nextval('hydra.slot_epoch_seq'),
     CONSTRAINT channel_limit_pkey PRIMARY KEY (queue, channel)
 ) WITH (fillfactor = 50);
 
@@ -143,6 +148,7 @@ SELECT pg_catalog.pg_extension_config_dump('hydra.message_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('hydra.dependency', '');
 SELECT pg_catalog.pg_extension_config_dump('hydra.parent_outcome', '');
 SELECT pg_catalog.pg_extension_config_dump('hydra.channel_limit', '');
+SELECT pg_catalog.pg_extension_config_dump('hydra.slot_epoch_seq', '');
 
 -- ---- extension/10_validate.sql ----
 -- Argument checks shared by the public functions. Each raises SQLSTATE 22023 with a message
@@ -1325,9 +1331,10 @@ DECLARE
     v_seen     bigint[] := '{}';
     v_ids      bigint[];
     v_channels text[];
-    v_holds    boolean[];
+    v_epochs   bigint[];
     v_lchan    text[];
     v_lfree    integer[];
+    v_lepoch   bigint[];
     v_got      integer;
 BEGIN
     -- Locks: candidates and limit rows, both with SKIP LOCKED.
@@ -1335,9 +1342,9 @@ BEGIN
         v_turn := v_turn + 1;
         SELECT array_agg(c.id ORDER BY c.prio DESC, c.vtime, c.id),
                array_agg(c.channel ORDER BY c.prio DESC, c.vtime, c.id),
-               array_agg(c.holds_slot ORDER BY c.prio DESC, c.vtime, c.id)
-          INTO v_ids, v_channels, v_holds
-          FROM (SELECT m.id, m.channel, m.holds_slot, m.prio, m.vtime
+               array_agg(c.slot_epoch ORDER BY c.prio DESC, c.vtime, c.id)
+          INTO v_ids, v_channels, v_epochs
+          FROM (SELECT m.id, m.channel, m.slot_epoch, m.prio, m.vtime
                   FROM hydra.message m
                  WHERE m.queue = p_queue AND m.state = 'ready' AND m.id <> ALL (v_seen)
                  ORDER BY m.prio DESC, m.vtime, m.id
@@ -1347,38 +1354,42 @@ BEGIN
         -- Rows looked at stay locked by us until commit: never pick them again.
         v_seen := v_seen || v_ids;
 
+        -- Limit rows of the channels some candidate needs a slot in.
         SELECT coalesce(array_agg(l.channel), '{}'),
-               coalesce(array_agg(l.max_concurrency - l.in_flight), '{}')
-          INTO v_lchan, v_lfree
-          FROM (SELECT cl.channel, cl.max_concurrency, cl.in_flight
+               coalesce(array_agg(l.max_concurrency - l.in_flight), '{}'),
+               coalesce(array_agg(l.epoch), '{}')
+          INTO v_lchan, v_lfree, v_lepoch
+          FROM (SELECT cl.channel, cl.max_concurrency, cl.in_flight, cl.epoch
                   FROM hydra.channel_limit cl
                  WHERE cl.queue = p_queue AND cl.max_concurrency IS NOT NULL
-                   AND cl.channel = ANY (ARRAY(SELECT u.c FROM unnest(v_channels, v_holds) u(c, h)
-                                               WHERE NOT u.h))
+                   AND EXISTS (SELECT 1 FROM unnest(v_channels, v_epochs) u(c, e)
+                                WHERE u.c = cl.channel AND u.e IS DISTINCT FROM cl.epoch)
                    FOR NO KEY UPDATE SKIP LOCKED) l;
 
         RETURN QUERY
-        WITH cand AS (
-            SELECT u.id, u.channel, u.holds, u.ord
-              FROM unnest(v_ids, v_channels, v_holds) WITH ORDINALITY u(id, channel, holds, ord)
-        ), lim AS (
-            SELECT u.channel, u.free FROM unnest(v_lchan, v_lfree) u(channel, free)
-        ), capped AS (
-            -- Channels with a cap (the limit row may be busy: then we did not get it).
-            SELECT cl.channel FROM hydra.channel_limit cl
+        WITH capped AS (
+            -- Channels with a cap (their limit row may be busy: then we did not get it).
+            SELECT cl.channel, cl.epoch FROM hydra.channel_limit cl
              WHERE cl.queue = p_queue AND cl.max_concurrency IS NOT NULL
                AND cl.channel = ANY (v_channels)
+        ), cand AS (
+            SELECT u.id, u.channel, u.ord, k.channel IS NOT NULL AS capped,
+                   coalesce(u.epoch = k.epoch, false) AS holds
+              FROM unnest(v_ids, v_channels, v_epochs) WITH ORDINALITY u(id, channel, epoch, ord)
+              LEFT JOIN capped k ON k.channel = u.channel
+        ), lim AS (
+            SELECT u.channel, u.free, u.epoch
+              FROM unnest(v_lchan, v_lfree, v_lepoch) u(channel, free, epoch)
         ), judged AS (
-            SELECT c.id, c.channel, c.ord,
+            SELECT c.id, c.channel, c.ord, l.epoch,
                    (l.channel IS NOT NULL AND NOT c.holds) AS takes_slot,
-                   CASE WHEN c.holds OR k.channel IS NULL THEN 'admit'
+                   CASE WHEN c.holds OR NOT c.capped THEN 'admit'
                         WHEN l.channel IS NULL THEN 'busy'
                         WHEN row_number() OVER (PARTITION BY c.channel, c.holds
                                                 ORDER BY c.ord) <= l.free THEN 'admit'
                         ELSE 'park' END AS verdict
               FROM cand c
               LEFT JOIN lim l ON l.channel = c.channel
-              LEFT JOIN capped k ON k.channel = c.channel
         ), taken AS (
             SELECT j.* FROM (SELECT j.*, row_number() OVER (ORDER BY j.ord) AS n
                                FROM judged j WHERE j.verdict = 'admit') j
@@ -1397,7 +1408,7 @@ BEGIN
             UPDATE hydra.message m
                SET state = 'processing',
                    attempt = m.attempt + 1,
-                   holds_slot = m.holds_slot OR t.takes_slot,
+                   slot_epoch = CASE WHEN t.takes_slot THEN t.epoch ELSE m.slot_epoch END,
                    lease_token = gen_random_uuid(),
                    lease_expires_at = now() + make_interval(secs => m.max_processing_secs::float8)
               FROM taken t
@@ -1484,7 +1495,7 @@ lease_expires_at (now + max_processing_secs). Never waits on a lock held by anot
 -- per released slot. A parked message of the channel takes the slot over (it becomes ready
 -- with the slot reserved), so a saturated channel keeps flowing without a dequeuer parking
 -- and admitting it again.
-CREATE FUNCTION hydra._release_slots(p_queues text[], p_channels text[])
+CREATE FUNCTION hydra._release_slots(p_queues text[], p_channels text[], p_epochs bigint[])
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -1495,19 +1506,23 @@ DECLARE
     v_c    text[];
     v_n    integer[];
     v_free integer[];
+    v_ep   bigint[];
     v_woke text[];
 BEGIN
     -- Two statements: the limit rows are locked first (sorted: the global lock order), so
     -- that the second statement's snapshot sees every message parked before we got them.
-    SELECT array_agg(l.queue), array_agg(l.channel), array_agg(l.n), array_agg(l.free)
-      INTO v_q, v_c, v_n, v_free
-      FROM (SELECT cl.queue, cl.channel, r.n,
+    -- Slots of an older epoch (the policy was cleared since) are not given back.
+    SELECT array_agg(l.queue), array_agg(l.channel), array_agg(l.n), array_agg(l.free),
+           array_agg(l.epoch)
+      INTO v_q, v_c, v_n, v_free, v_ep
+      FROM (SELECT cl.queue, cl.channel, cl.epoch, r.n,
                    CASE WHEN cl.max_concurrency IS NULL THEN 0
                         ELSE greatest(cl.max_concurrency - (cl.in_flight - r.n), 0) END AS free
               FROM hydra.channel_limit cl
-              JOIN (SELECT u.q, u.c, count(*)::integer AS n
-                      FROM unnest(p_queues, p_channels) u(q, c) GROUP BY u.q, u.c) r
-                ON r.q = cl.queue AND r.c = cl.channel
+              JOIN (SELECT u.q, u.c, u.e, count(*)::integer AS n
+                      FROM unnest(p_queues, p_channels, p_epochs) u(q, c, e)
+                     GROUP BY u.q, u.c, u.e) r
+                ON r.q = cl.queue AND r.c = cl.channel AND r.e = cl.epoch
              ORDER BY cl.queue, cl.channel
                FOR NO KEY UPDATE OF cl) l;
     IF v_q IS NULL THEN
@@ -1515,11 +1530,12 @@ BEGIN
     END IF;
 
     WITH lim AS (
-        SELECT u.q, u.c, u.n, u.free FROM unnest(v_q, v_c, v_n, v_free) u(q, c, n, free)
+        SELECT u.q, u.c, u.n, u.free, u.e
+          FROM unnest(v_q, v_c, v_n, v_free, v_ep) u(q, c, n, free, e)
     ), unparked AS (
         UPDATE hydra.message m
-           SET state = 'ready', holds_slot = true
-          FROM (SELECT p.id FROM lim,
+           SET state = 'ready', slot_epoch = pick.e
+          FROM (SELECT p.id, lim.e FROM lim,
                        LATERAL (SELECT x.id FROM hydra.message x
                                  WHERE x.queue = lim.q AND x.channel = lim.c
                                    AND x.state = 'parked'
@@ -1573,6 +1589,7 @@ DECLARE
     v_done     bigint[];
     v_queues   text[];
     v_channels text[];
+    v_epochs   bigint[];
 BEGIN
     -- Deletes the messages whose lease is still held (token matches), then releases their
     -- slots and tells waiting children. Stale or unknown ids are ignored (not returned).
@@ -1586,12 +1603,13 @@ BEGIN
          WHERE m.id = ANY (message_ids)
            AND m.state = 'processing'
            AND m.lease_token = lease_tokens[array_position(message_ids, m.id)]
-        RETURNING m.id, m.queue, m.channel, m.holds_slot
+        RETURNING m.id, m.queue, m.channel, m.slot_epoch
     )
     SELECT coalesce(array_agg(g.id ORDER BY g.id), '{}'),
-           array_agg(g.queue) FILTER (WHERE g.holds_slot),
-           array_agg(g.channel) FILTER (WHERE g.holds_slot)
-      INTO v_done, v_queues, v_channels
+           array_agg(g.queue) FILTER (WHERE g.slot_epoch IS NOT NULL),
+           array_agg(g.channel) FILTER (WHERE g.slot_epoch IS NOT NULL),
+           array_agg(g.slot_epoch) FILTER (WHERE g.slot_epoch IS NOT NULL)
+      INTO v_done, v_queues, v_channels, v_epochs
       FROM gone g;
     IF v_done = '{}' THEN
         RETURN;
@@ -1602,7 +1620,7 @@ BEGIN
     PERFORM hydra._record_outcomes(v_done, true);
     -- flows:end
     IF v_queues IS NOT NULL THEN
-        PERFORM hydra._release_slots(v_queues, v_channels);
+        PERFORM hydra._release_slots(v_queues, v_channels, v_epochs);
     END IF;
     RETURN QUERY SELECT unnest(v_done);
 END
@@ -1634,13 +1652,14 @@ DECLARE
     v_failed   bigint[];
     v_queues   text[];
     v_channels text[];
+    v_epochs   bigint[];
 BEGIN
     -- Decides retry vs finish per message; releases slots; records outcomes of finished ones.
     WITH input AS (
         SELECT u.id, u.err, coalesce(u.retry, true) AS retry
           FROM unnest(p_ids, p_errors, p_retry) u(id, err, retry)
     ), old AS (
-        SELECT m.id, m.queue, m.channel, m.holds_slot
+        SELECT m.id, m.queue, m.channel, m.slot_epoch
           FROM hydra.message m WHERE m.id = ANY (p_ids) AND m.state = 'processing'
     ), upd AS (
         UPDATE hydra.message m
@@ -1654,21 +1673,22 @@ BEGIN
                last_error = i.err,
                lease_token = NULL,
                lease_expires_at = NULL,
-               holds_slot = false
+               slot_epoch = NULL
           FROM input i
          WHERE m.id = i.id AND m.state = 'processing'
         RETURNING m.id, m.state, m.attempt, m.available_at
     )
     SELECT coalesce(array_agg(u.id) FILTER (WHERE u.state = 'failed'), '{}'),
-           array_agg(o.queue) FILTER (WHERE o.holds_slot),
-           array_agg(o.channel) FILTER (WHERE o.holds_slot)
-      INTO v_failed, v_queues, v_channels
+           array_agg(o.queue) FILTER (WHERE o.slot_epoch IS NOT NULL),
+           array_agg(o.channel) FILTER (WHERE o.slot_epoch IS NOT NULL),
+           array_agg(o.slot_epoch) FILTER (WHERE o.slot_epoch IS NOT NULL)
+      INTO v_failed, v_queues, v_channels, v_epochs
       FROM upd u JOIN old o ON o.id = u.id;
     IF v_failed <> '{}' THEN
         PERFORM hydra._record_outcomes(v_failed, false);
     END IF;
     IF v_queues IS NOT NULL THEN
-        PERFORM hydra._release_slots(v_queues, v_channels);
+        PERFORM hydra._release_slots(v_queues, v_channels, v_epochs);
     END IF;
     RETURN QUERY
         SELECT m.id, m.state, m.attempt, m.available_at
@@ -1790,9 +1810,9 @@ lease is no longer held (expired and re-delivered, or settled).';
 -- that a policy change holds (dequeues never wait; settling holds processing rows only), so
 -- this order cannot close a cycle. Run one policy change per transaction.
 
--- Moves parked messages of a channel back to ready: up to p_limit of them (NULL: all), with a
--- slot reserved when p_with_slot.
-CREATE FUNCTION hydra._unpark(p_queue text, p_channel text, p_limit integer, p_with_slot boolean)
+-- Moves parked messages of a channel back to ready: up to p_limit of them (NULL: all), holding
+-- a slot of epoch p_epoch (NULL: holding none).
+CREATE FUNCTION hydra._unpark(p_queue text, p_channel text, p_limit integer, p_epoch bigint)
 RETURNS integer
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -1801,7 +1821,7 @@ DECLARE
     v_count integer;
 BEGIN
     -- Best parked first (priority, then fair order), skipping rows others hold.
-    UPDATE hydra.message m SET state = 'ready', holds_slot = p_with_slot
+    UPDATE hydra.message m SET state = 'ready', slot_epoch = p_epoch
      WHERE m.id = ANY (ARRAY(
                SELECT p.id FROM hydra.message p
                 WHERE p.queue = p_queue AND p.channel = p_channel AND p.state = 'parked'
@@ -1831,7 +1851,9 @@ DECLARE
     v_channel  text := coalesce(channel_policy_set.channel, '');
     v_queue    text := channel_policy_set.queue;
     v_old      hydra.channel_limit;
-    v_inflight integer;
+    v_epoch    bigint;
+    v_inflight integer := 0;
+    v_row      hydra.channel_limit;
 BEGIN
     -- Sets the whole policy of one channel (NULL = unlimited for that limit).
     PERFORM hydra._check_name('queue', v_queue, false);
@@ -1848,60 +1870,63 @@ BEGIN
     SELECT * INTO v_old FROM hydra.channel_limit l
      WHERE l.queue = v_queue AND l.channel = v_channel
        FOR NO KEY UPDATE;
+    v_epoch := v_old.epoch;
 
     IF max_concurrency IS NOT NULL AND v_old.max_concurrency IS NULL THEN
-        -- The channel becomes capped. Dequeues that started before this commits did not see
-        -- the cap: wait for those holding ready rows, then count what is processing.
+        -- The channel becomes capped, under a new slot epoch. Dequeues that started before
+        -- this commits did not see the cap: wait for those holding ready rows (they never
+        -- wait themselves), then give slots to what is processing. Rows being settled right
+        -- now are skipped: they are leaving, and their stale epoch keeps them from giving
+        -- back a slot they never took.
+        v_epoch := pg_catalog.nextval('hydra.slot_epoch_seq');
         PERFORM 1 FROM hydra.message m
          WHERE m.queue = v_queue AND m.channel = v_channel AND m.state = 'ready'
          ORDER BY m.id FOR UPDATE;
-        UPDATE hydra.message m SET holds_slot = false
-         WHERE m.queue = v_queue AND m.channel = v_channel AND m.state = 'ready'
-           AND m.holds_slot;
         WITH marked AS (
-            UPDATE hydra.message m SET holds_slot = true
+            UPDATE hydra.message m SET slot_epoch = v_epoch
              WHERE m.id = ANY (ARRAY(
                        SELECT p.id FROM hydra.message p
                         WHERE p.queue = v_queue AND p.channel = v_channel
                           AND p.state = 'processing'
-                        ORDER BY p.id FOR NO KEY UPDATE))
+                          FOR NO KEY UPDATE SKIP LOCKED))
             RETURNING 1
         )
         SELECT count(*) INTO v_inflight FROM marked;
-    ELSE
-        v_inflight := 0;
     END IF;
 
-    -- in_flight is only written when it was counted above; otherwise the upsert waits for
-    -- the row and keeps (and returns) the value dequeues and releases maintain.
-    INSERT INTO hydra.channel_limit AS l (queue, channel, max_concurrency, max_size, in_flight)
-    VALUES (v_queue, v_channel, max_concurrency, max_size, v_inflight)
+    -- in_flight and epoch are only written when counted above; otherwise the row keeps the
+    -- values dequeues and releases maintain.
+    INSERT INTO hydra.channel_limit AS l
+           (queue, channel, max_concurrency, max_size, in_flight, epoch)
+    VALUES (v_queue, v_channel, max_concurrency, max_size, v_inflight,
+            coalesce(v_epoch, pg_catalog.nextval('hydra.slot_epoch_seq')))
     ON CONFLICT ON CONSTRAINT channel_limit_pkey DO UPDATE
        SET max_concurrency = EXCLUDED.max_concurrency,
            max_size = EXCLUDED.max_size,
            in_flight = CASE WHEN l.max_concurrency IS NULL THEN EXCLUDED.in_flight
-                            ELSE l.in_flight END
-    RETURNING l.in_flight INTO v_inflight;
+                            ELSE l.in_flight END,
+           epoch = CASE WHEN l.max_concurrency IS NULL THEN EXCLUDED.epoch ELSE l.epoch END
+    RETURNING l.* INTO v_row;
 
-    IF max_concurrency < v_inflight THEN
+    IF max_concurrency IS NULL THEN
+        PERFORM hydra._unpark(v_queue, v_channel, NULL, NULL);
+    ELSIF max_concurrency < v_row.in_flight THEN
         -- A lowered cap: ready messages holding slots compete for the new ones again.
         WITH released AS (
-            UPDATE hydra.message m SET holds_slot = false
+            UPDATE hydra.message m SET slot_epoch = NULL
              WHERE m.queue = v_queue AND m.channel = v_channel AND m.state = 'ready'
-               AND m.holds_slot
+               AND m.slot_epoch = v_row.epoch
             RETURNING 1
         )
         UPDATE hydra.channel_limit l
            SET in_flight = greatest(l.in_flight - (SELECT count(*) FROM released), 0)
          WHERE l.queue = v_queue AND l.channel = v_channel;
-    END IF;
-    IF max_concurrency IS NULL THEN
-        PERFORM hydra._unpark(v_queue, v_channel, NULL, false);
-    ELSIF max_concurrency > v_inflight THEN
+    ELSIF max_concurrency > v_row.in_flight THEN
         -- A raised cap: hand the new slots to parked messages at once.
         UPDATE hydra.channel_limit l
            SET in_flight = l.in_flight
-               + hydra._unpark(v_queue, v_channel, max_concurrency - v_inflight, true)
+               + hydra._unpark(v_queue, v_channel, max_concurrency - v_row.in_flight,
+                               v_row.epoch)
          WHERE l.queue = v_queue AND l.channel = v_channel;
     END IF;
 END
@@ -1930,7 +1955,7 @@ BEGIN
     IF NOT FOUND THEN
         RETURN false;
     END IF;
-    PERFORM hydra._unpark(v_queue, v_channel, NULL, false);
+    PERFORM hydra._unpark(v_queue, v_channel, NULL, NULL);
     RETURN true;
 END
 $$;
@@ -2446,7 +2471,7 @@ BEGIN
         UPDATE hydra.channel_limit l
            SET in_flight = l.in_flight + hydra._unpark(v_limit.queue, v_limit.channel,
                                                        v_limit.max_concurrency - v_limit.in_flight,
-                                                       true)
+                                                       v_limit.epoch)
          WHERE l.queue = v_limit.queue AND l.channel = v_limit.channel;
     END LOOP;
 END
