@@ -1201,9 +1201,22 @@ SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
-    v_bad   text;
+    v_bad        text;
+    v_payloads   jsonb[];
+    v_channels   text[];
+    v_priorities integer[];
+    v_names      text[];
+    v_attempts   integer[];
+    v_lock       numeric[];
+    v_factor     numeric[];
+    v_delay      numeric[];
+    v_cascade    boolean[];
+    v_maxproc    numeric[];
+    v_dep_ords   integer[];
+    v_dep_ids    bigint[];
 BEGIN
-    -- Unpacks the JSON array (a key present in an element overrides the call's default).
+    -- Unpacks the JSON array in one pass (a key present in an element overrides the call's
+    -- default), after checking every key and the JSON type of its value.
     IF messages IS NULL OR jsonb_typeof(messages) <> 'array' THEN
         PERFORM hydra._invalid('messages', 'must be a JSON array of objects');
     END IF;
@@ -1215,57 +1228,76 @@ BEGIN
      WHERE jsonb_typeof(e.elem) <> 'object' OR NOT e.elem ? 'payload'
      LIMIT 1;
     IF v_bad IS NULL THEN
-        SELECT format('messages[%s]: unknown key "%s"', e.ord, k.key)
+        SELECT format('messages[%s].%s: %s', e.ord, k.key,
+                      CASE WHEN t.kind IS NULL THEN 'unknown key'
+                           ELSE 'must be ' || t.kind END)
           INTO v_bad
           FROM jsonb_array_elements(messages) WITH ORDINALITY e(elem, ord),
-               jsonb_object_keys(e.elem) k(key)
-         WHERE k.key NOT IN ('payload', 'channel', 'priority', 'name', 'num_attempts',
-                             'lock_secs', 'lock_secs_factor', 'delay_secs', 'depends_on',
-                             'cascade_failure', 'max_processing_secs')
+               jsonb_each(e.elem) k(key, value)
+          LEFT JOIN (VALUES ('payload', 'any JSON'), ('channel', 'a string'),
+                            ('name', 'a string'), ('priority', 'an integer'),
+                            ('num_attempts', 'an integer'), ('lock_secs', 'a number'),
+                            ('lock_secs_factor', 'a number'), ('delay_secs', 'a number'),
+                            ('max_processing_secs', 'a number'),
+                            ('cascade_failure', 'a boolean'),
+                            ('depends_on', 'an array of integers')) t(key, kind)
+            ON t.key = k.key
+         WHERE t.kind IS NULL
+            OR jsonb_typeof(k.value) <> 'null' AND CASE t.kind
+                 WHEN 'a string' THEN jsonb_typeof(k.value) <> 'string'
+                 WHEN 'an integer' THEN jsonb_typeof(k.value) <> 'number'
+                                        OR k.value::text !~ '^-?[0-9]+$'
+                 WHEN 'a number' THEN jsonb_typeof(k.value) <> 'number'
+                 WHEN 'a boolean' THEN jsonb_typeof(k.value) <> 'boolean'
+                 WHEN 'an array of integers'
+                      THEN jsonb_typeof(k.value) <> 'array'
+                           OR jsonb_path_exists(k.value, '$[*] ? (@.type() != "number")')
+                 ELSE false END
          LIMIT 1;
     END IF;
     IF v_bad IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = v_bad;
     END IF;
 
+    SELECT array_agg(x.payload ORDER BY e.ord),
+           array_agg(CASE WHEN e.elem ? 'channel' THEN x.channel ELSE enqueue_many.channel END
+                     ORDER BY e.ord),
+           array_agg(CASE WHEN e.elem ? 'priority' THEN x.priority ELSE enqueue_many.priority END
+                     ORDER BY e.ord),
+           array_agg(CASE WHEN e.elem ? 'name' THEN x.name ELSE enqueue_many.name END
+                     ORDER BY e.ord),
+           array_agg(coalesce(x.num_attempts, enqueue_many.num_attempts) ORDER BY e.ord),
+           array_agg(coalesce(x.lock_secs, enqueue_many.lock_secs) ORDER BY e.ord),
+           array_agg(coalesce(x.lock_secs_factor, enqueue_many.lock_secs_factor) ORDER BY e.ord),
+           array_agg(coalesce(x.delay_secs, enqueue_many.delay_secs) ORDER BY e.ord),
+           array_agg(coalesce(x.cascade_failure, enqueue_many.cascade_failure) ORDER BY e.ord),
+           array_agg(coalesce(x.max_processing_secs, enqueue_many.max_processing_secs)
+                     ORDER BY e.ord)
+      INTO v_payloads, v_channels, v_priorities, v_names, v_attempts, v_lock, v_factor,
+           v_delay, v_cascade, v_maxproc
+      FROM jsonb_array_elements(messages) WITH ORDINALITY e(elem, ord),
+           jsonb_to_record(e.elem) AS x(payload jsonb, channel text, priority integer,
+               name text, num_attempts integer, lock_secs numeric, lock_secs_factor numeric,
+               delay_secs numeric, cascade_failure boolean, max_processing_secs numeric);
+
+    -- Parents, flattened into (position, parent id) pairs.
+    SELECT coalesce(array_agg(e.ord::integer ORDER BY e.ord, d.parent), '{}'),
+           coalesce(array_agg(d.parent ORDER BY e.ord, d.parent), '{}')
+      INTO v_dep_ords, v_dep_ids
+      FROM jsonb_array_elements(messages) WITH ORDINALITY e(elem, ord),
+           unnest(CASE WHEN e.elem ? 'depends_on'
+                       THEN ARRAY(SELECT j::bigint
+                                    FROM jsonb_array_elements_text(
+                                             CASE jsonb_typeof(e.elem -> 'depends_on')
+                                                  WHEN 'array' THEN e.elem -> 'depends_on'
+                                                  ELSE '[]' END) j)
+                       ELSE enqueue_many.depends_on END) AS d(parent);
+
     RETURN QUERY
-    WITH elems AS (
-        SELECT e.ord::integer AS ord, e.elem, x.*
-          FROM jsonb_array_elements(messages) WITH ORDINALITY e(elem, ord),
-               jsonb_to_record(e.elem) AS x(payload jsonb, channel text, priority integer,
-                   name text, num_attempts integer, lock_secs numeric,
-                   lock_secs_factor numeric, delay_secs numeric, depends_on bigint[],
-                   cascade_failure boolean, max_processing_secs numeric)
-    ), deps AS (
-        SELECT el.ord, d.parent
-          FROM elems el,
-               unnest(CASE WHEN el.elem ? 'depends_on' THEN el.depends_on
-                           ELSE enqueue_many.depends_on END) AS d(parent)
-    )
     SELECT r.*
-      FROM hydra._enqueue_rows(
-               enqueue_many.queue,
-               ARRAY(SELECT el.payload FROM elems el ORDER BY el.ord),
-               ARRAY(SELECT CASE WHEN el.elem ? 'channel' THEN el.channel
-                                 ELSE enqueue_many.channel END FROM elems el ORDER BY el.ord),
-               ARRAY(SELECT CASE WHEN el.elem ? 'priority' THEN el.priority
-                                 ELSE enqueue_many.priority END FROM elems el ORDER BY el.ord),
-               ARRAY(SELECT CASE WHEN el.elem ? 'name' THEN el.name
-                                 ELSE enqueue_many.name END FROM elems el ORDER BY el.ord),
-               ARRAY(SELECT coalesce(el.num_attempts, enqueue_many.num_attempts)
-                       FROM elems el ORDER BY el.ord),
-               ARRAY(SELECT coalesce(el.lock_secs, enqueue_many.lock_secs)
-                       FROM elems el ORDER BY el.ord),
-               ARRAY(SELECT coalesce(el.lock_secs_factor, enqueue_many.lock_secs_factor)
-                       FROM elems el ORDER BY el.ord),
-               ARRAY(SELECT coalesce(el.delay_secs, enqueue_many.delay_secs)
-                       FROM elems el ORDER BY el.ord),
-               ARRAY(SELECT coalesce(el.cascade_failure, enqueue_many.cascade_failure)
-                       FROM elems el ORDER BY el.ord),
-               ARRAY(SELECT coalesce(el.max_processing_secs, enqueue_many.max_processing_secs)
-                       FROM elems el ORDER BY el.ord),
-               ARRAY(SELECT d.ord FROM deps d ORDER BY d.ord, d.parent),
-               ARRAY(SELECT d.parent FROM deps d ORDER BY d.ord, d.parent)) r
+      FROM hydra._enqueue_rows(enqueue_many.queue, v_payloads, v_channels, v_priorities,
+               v_names, v_attempts, v_lock, v_factor, v_delay, v_cascade, v_maxproc,
+               v_dep_ords, v_dep_ids) r
      ORDER BY r.ord;
 END
 $$;

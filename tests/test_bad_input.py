@@ -115,13 +115,6 @@ def test_bad_arguments_raise_22023_naming_the_argument_and_write_nothing(
     assert snapshot(db) == before
 
 
-@pytest.mark.xfail(
-    reason="enqueue_many casts element options with jsonb_to_record: a wrongly typed value "
-    "fails with 22P02 'invalid input syntax for type integer: \"three\"', naming neither the "
-    "element nor the key",
-    raises=AssertionError,
-    strict=True,
-)
 @pytest.mark.parametrize(
     "element",
     ['{"payload": 1, "num_attempts": "three"}', '{"payload": 1, "priority": 1.5}',
