@@ -786,15 +786,23 @@ AS $$
 BEGIN
     -- tail: the channel's last ready or parked vtime; head: the smallest ready vtime.
     RETURN QUERY
-    SELECT g.c, g.p, greatest(coalesce(t.v + 1, 0), coalesce(h.v, 0))
-      FROM unnest(p_channels, p_prios) g(c, p)
+    WITH pairs AS (
+        SELECT u.c, u.p FROM unnest(p_channels, p_prios) u(c, p)
+    ), heads AS (
+        -- One probe per priority, however many channels share it.
+        SELECT d.p, h.v
+          FROM (SELECT DISTINCT pairs.p FROM pairs) d
+          LEFT JOIN LATERAL (SELECT m.vtime FROM hydra.message m
+                              WHERE m.queue = p_queue AND m.state = 'ready' AND m.prio = d.p
+                              ORDER BY m.vtime, m.id LIMIT 1) h(v) ON true
+    )
+    SELECT g.c, g.p, greatest(coalesce(t.v + 1, 0), coalesce(heads.v, 0))
+      FROM pairs g
+      JOIN heads ON heads.p = g.p
       LEFT JOIN LATERAL (SELECT m.vtime FROM hydra.message m
                           WHERE m.queue = p_queue AND m.channel = g.c AND m.prio = g.p
                             AND m.state IN ('ready', 'parked')
-                          ORDER BY m.vtime DESC LIMIT 1) t(v) ON true
-      LEFT JOIN LATERAL (SELECT m.vtime FROM hydra.message m
-                          WHERE m.queue = p_queue AND m.state = 'ready' AND m.prio = g.p
-                          ORDER BY m.vtime, m.id LIMIT 1) h(v) ON true;
+                          ORDER BY m.vtime DESC LIMIT 1) t(v) ON true;
 END
 $$;
 
