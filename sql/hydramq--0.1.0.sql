@@ -1326,6 +1326,31 @@ element, ord being its 1-based position.';
 -- States: ready -> processing; ready -> parked when the channel is at its cap.
 
 -- A queue none of whose channels is capped: one ordered index scan and one update.
+-- Leases ready rows the caller has locked, none of which needs a new concurrency slot;
+-- returns them in the fair order.
+CREATE FUNCTION hydra._lease(p_ids bigint[])
+RETURNS SETOF hydra.message
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+BEGIN
+    -- ready -> processing with a fresh token and deadline.
+    RETURN QUERY
+    WITH leased AS (
+        UPDATE hydra.message m
+           SET state = 'processing',
+               attempt = m.attempt + 1,
+               lease_token = gen_random_uuid(),
+               lease_expires_at = now() + make_interval(secs => m.max_processing_secs::float8)
+         WHERE m.id = ANY (p_ids) AND m.state = 'ready'
+        RETURNING m.*
+    )
+    SELECT l.* FROM leased l ORDER BY l.prio DESC, l.vtime, l.id;
+END
+$$;
+
+-- A queue none of whose channels is capped: one ordered index scan and one update.
 CREATE FUNCTION hydra._dequeue_uncapped(p_queue text, p_batch integer)
 RETURNS SETOF hydra.message
 LANGUAGE plpgsql
@@ -1335,22 +1360,12 @@ AS $$
 BEGIN
     -- Leases up to p_batch ready messages of p_queue, returned in the fair order.
     RETURN QUERY
-    WITH leased AS (
-        UPDATE hydra.message m
-           SET state = 'processing',
-               attempt = m.attempt + 1,
-               lease_token = gen_random_uuid(),
-               lease_expires_at = now() + make_interval(secs => m.max_processing_secs::float8)
-         WHERE m.id = ANY (ARRAY(
-                   SELECT c.id FROM hydra.message c
-                    WHERE c.queue = p_queue AND c.state = 'ready'
-                    ORDER BY c.prio DESC, c.vtime, c.id
-                    LIMIT p_batch
-                      FOR NO KEY UPDATE SKIP LOCKED))
-           AND m.state = 'ready'
-        RETURNING m.*
-    )
-    SELECT l.* FROM leased l ORDER BY l.prio DESC, l.vtime, l.id;
+    SELECT * FROM hydra._lease(ARRAY(
+        SELECT c.id FROM hydra.message c
+         WHERE c.queue = p_queue AND c.state = 'ready'
+         ORDER BY c.prio DESC, c.vtime, c.id
+         LIMIT p_batch
+           FOR NO KEY UPDATE SKIP LOCKED));
 END
 $$;
 
@@ -1393,6 +1408,21 @@ BEGIN
         EXIT WHEN v_ids IS NULL;
         -- Rows looked at stay locked by us until commit: never pick them again.
         v_seen := v_seen || v_ids;
+
+        -- The common case under load: every candidate already holds its slot (a release
+        -- reserved it) or is in an uncapped channel: lease them all, no limit row touched.
+        IF NOT EXISTS (SELECT 1 FROM unnest(v_channels, v_epochs) u(c, e)
+                         JOIN hydra.channel_limit cl
+                           ON cl.queue = p_queue AND cl.channel = u.c
+                          AND cl.max_concurrency IS NOT NULL
+                        WHERE u.e IS DISTINCT FROM cl.epoch) THEN
+            RETURN QUERY SELECT * FROM hydra._lease(v_ids[1:v_left]);
+            GET DIAGNOSTICS v_got = ROW_COUNT;
+            v_left := v_left - v_got;
+            EXIT WHEN v_left <= 0 OR cardinality(v_ids) < v_fetch OR v_turn >= 6;
+            v_fetch := least(v_fetch * 4, 1000);
+            CONTINUE;
+        END IF;
 
         -- Limit rows of the channels some candidate needs a slot in.
         SELECT coalesce(array_agg(l.channel), '{}'),
