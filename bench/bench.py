@@ -11,6 +11,7 @@ and, in schema ``bench_base``, the baseline tables. See docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import time
@@ -26,6 +27,19 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def load_phase_modules() -> list[str]:
+    """``phases.py`` registers the core phases; every ``bench/*_phases.py`` module adds more
+    (imported in name order, its ``@phase`` functions running after the core ones). Returns
+    the import errors, which are reported instead of stopping the bench."""
+    errors = []
+    for path in sorted(Path(__file__).resolve().parent.glob("*_phases.py")):
+        try:
+            importlib.import_module(path.stem)
+        except Exception as exc:  # noqa: BLE001 - a broken add-on must not stop the bench
+            errors.append(f"{path.name}: {exc!r}")
+    return errors
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -126,6 +140,7 @@ class Setup:
 
 
 def main(argv: list[str] | None = None) -> int:
+    load_errors = load_phase_modules()
     args = parse_args(argv)
     wanted = [p.strip() for p in args.phases.split(",") if p.strip()]
     unknown = set(wanted) - {p.name for p in PHASES}
@@ -138,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         sizes.enqueue_seconds = args.enqueue_seconds
     progress = Progress()
     progress.section(f"hydramq bench ({'quick' if args.quick else 'full'} mode)")
+    for err in load_errors:
+        progress.note(f"WARNING: phase module not loaded: {err}")
     load1, cpus = os.getloadavg()[0], os.cpu_count() or 1
     if load1 > cpus:
         progress.note(f"WARNING: 1-minute load average is {load1:.1f} on {cpus} CPUs: "
