@@ -11,7 +11,6 @@ from collections import Counter
 from typing import Any
 
 import psycopg
-import pytest
 from helpers import (
     Threads,
     cap_violations,
@@ -344,13 +343,6 @@ def wait_until_waiting(observer: Conn, conn: Conn, group: Threads, what: str) ->
         time.sleep(0.01)
 
 
-@pytest.mark.xfail(
-    reason="channel_policy_set locks the limit row first, then (channel becoming capped) waits "
-    "on the channel's ready and processing message rows; complete_many holds its deleted "
-    "rows and waits on that limit row in _release_slots: 40P01",
-    raises=psycopg.errors.DeadlockDetected,
-    strict=True,
-)
 def test_capping_a_channel_never_deadlocks_with_a_completing_worker(db: Conn, connect: Any) -> None:
     # The lock order (docs/design.md): message rows before limit rows, and nobody waits on a
     # message row while holding a limit row. A channel that had a cap, lost it (its limit row

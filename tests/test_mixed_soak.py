@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-import pytest
 from helpers import Threads, dequeue
 
 Conn = psycopg.Connection[Any]
@@ -88,14 +87,6 @@ def enqueue_some(conn: Conn, rng: random.Random) -> dict[int, int]:
     return {r[2]: messages[r[0] - 1]["num_attempts"] for r in rows}
 
 
-@pytest.mark.xfail(
-    reason="40P01 between channel_policy_set (holds the limit row, waits on the channel's "
-    "message rows) and settling (complete_many, fail_many, lease expiry: message rows, then "
-    "_release_slots waits on the limit row) -- see test_capping_a_channel_never_deadlocks_"
-    "with_a_completing_worker; in most 30 s runs",
-    raises=DeadlockSeen,
-    strict=False,
-)
 def test_mixed_load_neither_deadlocks_nor_loses_a_message(db: Conn, connect: Any) -> None:
     ledger = Ledger()
     stop_load, stop_all = threading.Event(), threading.Event()

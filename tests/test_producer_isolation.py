@@ -47,14 +47,13 @@ def test_an_open_enqueue_transaction_blocks_no_worker_coordinator_or_producer(
     elif policy == "max_size":
         db.execute("SELECT hydra.channel_policy_set('hot', max_size => 1000)")
     # Work in every state: a lease about to expire, leases to settle, ready messages, a
-    # delayed message about to be due.
-    # (Under max_size, enqueued messages wait for coordinate() to admit them.)
+    # delayed message about to be due. (Under max_size, enqueued messages wait for
+    # coordinate() to admit them; nothing may expire the short lease before the check.)
     expiring = enqueue(db, {"k": "exp"}, channel="hot", num_attempts=2, max_processing_secs=0.1)
-    coordinate(db)
-    assert [r["id"] for r in dequeue(db)] == [expiring]
     enqueue_many(db, [{"payload": {"k": k}, "channel": "hot"} for k in range(6)], num_attempts=2,
                  lock_secs=0)  # fmt: skip
     coordinate(db)
+    assert [r["id"] for r in dequeue(db)] == [expiring]
     to_complete, to_fail, to_extend = dequeue(db, 3)
     delayed = enqueue(db, {"k": "delayed"}, channel="hot", delay_secs=0.05)
     time.sleep(0.15)
