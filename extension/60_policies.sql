@@ -1,11 +1,9 @@
 -- Channel policies: max_concurrency (slots, enforced by dequeue) and max_size (admission,
 -- enforced when a pending message is released). Policies are transactional and take effect
 -- for every dequeue that starts after the change commits.
--- Locks: the limit row first; when the channel becomes capped (or its cap is lowered), then its
--- ready rows (waiting for dequeuers that hold them) and processing rows, ascending id; parked
--- rows with SKIP LOCKED. No session holding a ready or processing row waits for a limit row
--- that a policy change holds (dequeues never wait; settling holds processing rows only), so
--- this order cannot close a cycle. Run one policy change per transaction.
+-- Locks: when the channel becomes capped, its ready rows first (waiting for dequeuers that
+-- hold them), then the limit row; message rows after that only with SKIP LOCKED. This is
+-- the global order (message rows, then limit rows). Run one policy change per transaction.
 
 -- Moves parked messages of a channel back to ready: up to p_limit of them (NULL: all), holding
 -- a slot of epoch p_epoch (NULL: holding none).
@@ -62,23 +60,29 @@ BEGIN
         PERFORM hydra._invalid('max_size', 'must be 0 or more');
     END IF;
 
-    -- The limit row is locked first: policy changes of one channel run one after the other,
-    -- and a concurrent clear cannot make the decision below stale.
+    -- A channel becoming capped: dequeues that started before this commits did not see the
+    -- cap. Wait for those holding its ready rows first, before taking the limit row (a
+    -- session holding a limit row never waits for a message row: that is the lock order).
+    SELECT * INTO v_old FROM hydra.channel_limit l
+     WHERE l.queue = v_queue AND l.channel = v_channel;
+    IF max_concurrency IS NOT NULL AND v_old.max_concurrency IS NULL THEN
+        PERFORM 1 FROM hydra.message m
+         WHERE m.queue = v_queue AND m.channel = v_channel AND m.state = 'ready'
+         ORDER BY m.id FOR UPDATE;
+    END IF;
+
+    -- Then the limit row: policy changes of one channel run one after the other, and a
+    -- concurrent clear cannot make the decision below stale.
     SELECT * INTO v_old FROM hydra.channel_limit l
      WHERE l.queue = v_queue AND l.channel = v_channel
        FOR NO KEY UPDATE;
     v_epoch := v_old.epoch;
 
     IF max_concurrency IS NOT NULL AND v_old.max_concurrency IS NULL THEN
-        -- The channel becomes capped, under a new slot epoch. Dequeues that started before
-        -- this commits did not see the cap: wait for those holding ready rows (they never
-        -- wait themselves), then give slots to what is processing. Rows being settled right
-        -- now are skipped: they are leaving, and their stale epoch keeps them from giving
-        -- back a slot they never took.
+        -- The channel becomes capped, under a new slot epoch: give slots to what is
+        -- processing. Rows being settled right now are skipped: they are leaving, and their
+        -- stale epoch keeps them from giving back a slot they never took.
         v_epoch := pg_catalog.nextval('hydra.slot_epoch_seq');
-        PERFORM 1 FROM hydra.message m
-         WHERE m.queue = v_queue AND m.channel = v_channel AND m.state = 'ready'
-         ORDER BY m.id FOR UPDATE;
         WITH marked AS (
             UPDATE hydra.message m SET slot_epoch = v_epoch
              WHERE m.id = ANY (ARRAY(
@@ -111,8 +115,11 @@ BEGIN
         -- A lowered cap: ready messages holding slots compete for the new ones again.
         WITH released AS (
             UPDATE hydra.message m SET slot_epoch = NULL
-             WHERE m.queue = v_queue AND m.channel = v_channel AND m.state = 'ready'
-               AND m.slot_epoch = v_row.epoch
+             WHERE m.id = ANY (ARRAY(
+                       SELECT r.id FROM hydra.message r
+                        WHERE r.queue = v_queue AND r.channel = v_channel
+                          AND r.state = 'ready' AND r.slot_epoch = v_row.epoch
+                          FOR NO KEY UPDATE SKIP LOCKED))
             RETURNING 1
         )
         UPDATE hydra.channel_limit l

@@ -32,6 +32,20 @@ BEGIN
           || ARRAY(SELECT m.id FROM hydra.message m
                     WHERE m.id = ANY (v_ids) AND m.attempt >= m.num_attempts
                       FOR UPDATE SKIP LOCKED);
+    -- Their slots go back under the channels' limit rows: take those with SKIP LOCKED too
+    -- (a coordinator never waits while it holds message rows), and leave a lease whose
+    -- channel is busy for the next call.
+    v_ids := ARRAY(
+        SELECT m.id FROM hydra.message m
+         WHERE m.id = ANY (v_ids)
+           AND (m.slot_epoch IS NULL
+                OR (m.queue, m.channel) IN (
+                       SELECT cl.queue, cl.channel FROM hydra.channel_limit cl
+                        WHERE (cl.queue, cl.channel) IN (
+                                  SELECT x.queue, x.channel FROM hydra.message x
+                                   WHERE x.id = ANY (v_ids) AND x.slot_epoch IS NOT NULL)
+                        ORDER BY cl.queue, cl.channel
+                          FOR NO KEY UPDATE SKIP LOCKED)));
     IF v_ids = '{}' THEN
         RETURN;
     END IF;
