@@ -11,6 +11,7 @@ from collections import Counter
 from typing import Any
 
 import psycopg
+import pytest
 from helpers import (
     Threads,
     cap_violations,
@@ -51,9 +52,12 @@ def processing(conn: Conn, channel: str) -> int:
     return int(row[0])
 
 
+@pytest.mark.parametrize("policy_churn", [False, True], ids=["fixed caps", "caps being set"])
 def test_max_concurrency_is_never_exceeded_by_sixteen_concurrent_dequeuers(
-    db: Conn, connect: Any
+    db: Conn, connect: Any, policy_churn: bool
 ) -> None:
+    # With policy_churn an admin keeps setting caps while the workers run: the same value
+    # again, or one more (never less, so that the invariant holds at every instant).
     caps = {f"capped-{i:02d}": i % 3 + 1 for i in range(50)}
     for channel, cap in caps.items():
         set_policy(db, channel, cap)
@@ -69,8 +73,9 @@ def test_max_concurrency_is_never_exceeded_by_sixteen_concurrent_dequeuers(
     locked = Counter[int]()
     lock = threading.Lock()
     worker_conns = [connect() for _ in range(16)]
-    observer, coordinator = connect(), connect()
+    observer, coordinator, admin = connect(), connect(), connect()
     stop = threading.Event()
+    policy_changes = 0
 
     def finished() -> bool:
         with lock:
@@ -121,8 +126,22 @@ def test_max_concurrency_is_never_exceeded_by_sixteen_concurrent_dequeuers(
             coordinate(coordinator)
             time.sleep(0.02)
 
+    def churn(_: int) -> None:
+        nonlocal policy_changes
+        rng = random.Random("churn")
+        while policy_churn and not stop.is_set() and not finished():
+            channel = rng.choice(list(caps))
+            caps[channel] = min(caps[channel] + rng.choice([0, 0, 1]), 4)
+            set_policy(admin, channel, caps[channel])
+            policy_changes += 1
+            time.sleep(0.003)
+
     threads = Threads(16, work, stop=stop)
-    helpers = [Threads(1, watch, "watch", stop), Threads(1, unlock, "coordinate", stop)]
+    helpers = [
+        Threads(1, watch, "watch", stop),
+        Threads(1, unlock, "coordinate", stop),
+        Threads(1, churn, "policy", stop),
+    ]
     deadline = time.monotonic() + 90
     while threads.alive() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -132,6 +151,7 @@ def test_max_concurrency_is_never_exceeded_by_sixteen_concurrent_dequeuers(
 
     assert not violations, f"cap exceeded: {violations[:10]}"
     assert checks >= 10, "the invariant was hardly checked while workers ran"
+    assert policy_changes >= 10 or not policy_churn
     assert sum(locked.values()) > 0, "no failure was exercised"
     assert set(completed) == set(ids), f"{total - len(completed)} messages never completed"
     assert max(completed.values()) == 1, "a message was completed twice"
