@@ -11,6 +11,7 @@ RETURNS TABLE (channel text, prio integer, base bigint)
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 BEGIN
     -- tail: the channel's last ready or parked vtime; head: the smallest ready vtime.
@@ -42,6 +43,7 @@ RETURNS integer
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 DECLARE
     v_waiting integer;
@@ -69,6 +71,7 @@ RETURNS integer
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 DECLARE
     v_limit   hydra.channel_limit;
@@ -127,6 +130,7 @@ RETURNS SETOF hydra.enqueue_many_result
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 DECLARE
     v_count          integer := coalesce(array_length(p_payloads, 1), 0);
@@ -341,6 +345,7 @@ RETURNS hydra.enqueue_result
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -436,6 +441,7 @@ RETURNS SETOF hydra.enqueue_many_result
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 DECLARE
     v_bad        text;

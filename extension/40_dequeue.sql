@@ -12,6 +12,7 @@ RETURNS SETOF hydra.message
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 BEGIN
     -- ready -> processing with a fresh token and deadline.
@@ -22,7 +23,7 @@ BEGIN
                attempt = m.attempt + 1,
                lease_token = gen_random_uuid(),
                lease_expires_at = now() + make_interval(secs => m.max_processing_secs::float8)
-         WHERE m.id = ANY (p_ids) AND m.state = 'ready'
+         WHERE m.id = ANY (p_ids)
         RETURNING m.*
     )
     SELECT l.* FROM leased l ORDER BY l.prio DESC, l.vtime, l.id;
@@ -35,6 +36,7 @@ RETURNS SETOF hydra.message
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 BEGIN
     -- Leases up to p_batch ready messages of p_queue, returned in the fair order.
@@ -57,6 +59,7 @@ RETURNS SETOF hydra.message
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 DECLARE
     v_left     integer := p_batch;
@@ -184,6 +187,7 @@ RETURNS SETOF hydra.leased_message
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 DECLARE
     v_queues text[] := coalesce(dequeue.queues, ARRAY[dequeue.queue]);

@@ -13,6 +13,7 @@ RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 DECLARE
     v_q    text[];
@@ -81,6 +82,7 @@ RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 BEGIN
     -- One probe of the unresolved-edge index per finished message.
@@ -97,6 +99,7 @@ RETURNS SETOF bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 DECLARE
     v_done     bigint[];
@@ -114,7 +117,6 @@ BEGIN
     WITH gone AS (
         DELETE FROM hydra.message m
          WHERE m.id = ANY (message_ids)
-           AND m.state = 'processing'
            AND m.lease_token = lease_tokens[array_position(message_ids, m.id)]
         RETURNING m.id, m.queue, m.channel, m.slot_epoch
     )
@@ -160,6 +162,7 @@ RETURNS SETOF hydra.fail_result
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 DECLARE
     v_failed   bigint[];
@@ -173,7 +176,7 @@ BEGIN
           FROM unnest(p_ids, p_errors, p_retry) u(id, err, retry)
     ), old AS (
         SELECT m.id, m.queue, m.channel, m.slot_epoch
-          FROM hydra.message m WHERE m.id = ANY (p_ids) AND m.state = 'processing'
+          FROM hydra.message m WHERE m.id = ANY (p_ids)
     ), upd AS (
         UPDATE hydra.message m
            SET state = CASE WHEN i.retry AND m.attempt < m.num_attempts
@@ -188,7 +191,7 @@ BEGIN
                lease_expires_at = NULL,
                slot_epoch = NULL
           FROM input i
-         WHERE m.id = i.id AND m.state = 'processing'
+         WHERE m.id = ANY (p_ids) AND m.id = i.id
         RETURNING m.id, m.state, m.attempt, m.available_at
     )
     SELECT coalesce(array_agg(u.id) FILTER (WHERE u.state = 'failed'), '{}'),
@@ -222,6 +225,7 @@ RETURNS SETOF hydra.fail_result
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 DECLARE
     v_held bigint[];
@@ -245,7 +249,6 @@ BEGIN
     v_held := ARRAY(
         SELECT m.id FROM hydra.message m
          WHERE m.id = ANY (message_ids)
-           AND m.state = 'processing'
            AND m.lease_token = lease_tokens[array_position(message_ids, m.id)]
          ORDER BY m.id
            FOR UPDATE);
@@ -302,8 +305,7 @@ BEGIN
     UPDATE hydra.message m
        SET lease_expires_at = now() + make_interval(
                secs => coalesce(extend_secs, m.max_processing_secs)::float8)
-     WHERE m.id = heartbeat.message_id AND m.state = 'processing'
-       AND m.lease_token = heartbeat.lease_token
+     WHERE m.id = heartbeat.message_id AND m.lease_token = heartbeat.lease_token
     RETURNING m.lease_expires_at INTO v_deadline;
     RETURN v_deadline;
 END

@@ -73,7 +73,10 @@ CREATE TABLE hydra.message (
     CONSTRAINT message_pkey PRIMARY KEY (id),
     CONSTRAINT message_state_check
         CHECK (state IN ('pending', 'ready', 'parked', 'processing', 'locked', 'failed'))
-) WITH (fillfactor = 90);
+) WITH (fillfactor = 90,
+        -- A queue table turns over all day: vacuum and analyze it after 1% changes, not 20%.
+        autovacuum_vacuum_scale_factor = 0.01, autovacuum_analyze_scale_factor = 0.01,
+        autovacuum_vacuum_insert_scale_factor = 0.01);
 
 COMMENT ON TABLE hydra.message IS
     'Messages not yet deleted. States: pending, ready, parked, processing, locked, failed.';
@@ -782,6 +785,7 @@ RETURNS TABLE (channel text, prio integer, base bigint)
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 BEGIN
     -- tail: the channel's last ready or parked vtime; head: the smallest ready vtime.
@@ -813,6 +817,7 @@ RETURNS integer
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 DECLARE
     v_waiting integer;
@@ -840,6 +845,7 @@ RETURNS integer
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 DECLARE
     v_limit   hydra.channel_limit;
@@ -898,6 +904,7 @@ RETURNS SETOF hydra.enqueue_many_result
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 DECLARE
     v_count          integer := coalesce(array_length(p_payloads, 1), 0);
@@ -1112,6 +1119,7 @@ RETURNS hydra.enqueue_result
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -1207,6 +1215,7 @@ RETURNS SETOF hydra.enqueue_many_result
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 DECLARE
     v_bad        text;
@@ -1333,6 +1342,7 @@ RETURNS SETOF hydra.message
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 BEGIN
     -- ready -> processing with a fresh token and deadline.
@@ -1343,7 +1353,7 @@ BEGIN
                attempt = m.attempt + 1,
                lease_token = gen_random_uuid(),
                lease_expires_at = now() + make_interval(secs => m.max_processing_secs::float8)
-         WHERE m.id = ANY (p_ids) AND m.state = 'ready'
+         WHERE m.id = ANY (p_ids)
         RETURNING m.*
     )
     SELECT l.* FROM leased l ORDER BY l.prio DESC, l.vtime, l.id;
@@ -1356,6 +1366,7 @@ RETURNS SETOF hydra.message
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 BEGIN
     -- Leases up to p_batch ready messages of p_queue, returned in the fair order.
@@ -1378,6 +1389,7 @@ RETURNS SETOF hydra.message
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 DECLARE
     v_left     integer := p_batch;
@@ -1505,6 +1517,7 @@ RETURNS SETOF hydra.leased_message
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 DECLARE
     v_queues text[] := coalesce(dequeue.queues, ARRAY[dequeue.queue]);
@@ -1570,6 +1583,7 @@ RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 DECLARE
     v_q    text[];
@@ -1638,6 +1652,7 @@ RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 BEGIN
     -- One probe of the unresolved-edge index per finished message.
@@ -1654,6 +1669,7 @@ RETURNS SETOF bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 DECLARE
     v_done     bigint[];
@@ -1671,7 +1687,6 @@ BEGIN
     WITH gone AS (
         DELETE FROM hydra.message m
          WHERE m.id = ANY (message_ids)
-           AND m.state = 'processing'
            AND m.lease_token = lease_tokens[array_position(message_ids, m.id)]
         RETURNING m.id, m.queue, m.channel, m.slot_epoch
     )
@@ -1717,6 +1732,7 @@ RETURNS SETOF hydra.fail_result
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 DECLARE
     v_failed   bigint[];
@@ -1730,7 +1746,7 @@ BEGIN
           FROM unnest(p_ids, p_errors, p_retry) u(id, err, retry)
     ), old AS (
         SELECT m.id, m.queue, m.channel, m.slot_epoch
-          FROM hydra.message m WHERE m.id = ANY (p_ids) AND m.state = 'processing'
+          FROM hydra.message m WHERE m.id = ANY (p_ids)
     ), upd AS (
         UPDATE hydra.message m
            SET state = CASE WHEN i.retry AND m.attempt < m.num_attempts
@@ -1745,7 +1761,7 @@ BEGIN
                lease_expires_at = NULL,
                slot_epoch = NULL
           FROM input i
-         WHERE m.id = i.id AND m.state = 'processing'
+         WHERE m.id = ANY (p_ids) AND m.id = i.id
         RETURNING m.id, m.state, m.attempt, m.available_at
     )
     SELECT coalesce(array_agg(u.id) FILTER (WHERE u.state = 'failed'), '{}'),
@@ -1779,6 +1795,7 @@ RETURNS SETOF hydra.fail_result
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 DECLARE
     v_held bigint[];
@@ -1802,7 +1819,6 @@ BEGIN
     v_held := ARRAY(
         SELECT m.id FROM hydra.message m
          WHERE m.id = ANY (message_ids)
-           AND m.state = 'processing'
            AND m.lease_token = lease_tokens[array_position(message_ids, m.id)]
          ORDER BY m.id
            FOR UPDATE);
@@ -1859,8 +1875,7 @@ BEGIN
     UPDATE hydra.message m
        SET lease_expires_at = now() + make_interval(
                secs => coalesce(extend_secs, m.max_processing_secs)::float8)
-     WHERE m.id = heartbeat.message_id AND m.state = 'processing'
-       AND m.lease_token = heartbeat.lease_token
+     WHERE m.id = heartbeat.message_id AND m.lease_token = heartbeat.lease_token
     RETURNING m.lease_expires_at INTO v_deadline;
     RETURN v_deadline;
 END
