@@ -89,6 +89,10 @@ CREATE INDEX message_ready_idx ON hydra.message (queue, prio DESC, vtime, id)
 -- then writes two index entries (primary key, lease) instead of three.
 CREATE INDEX message_live_idx ON hydra.message (queue, channel, prio DESC, vtime, id)
     WHERE state IN ('ready', 'parked', 'locked');
+-- Parked messages per channel in un-parking order: a slot release finds the next one with a
+-- single probe instead of walking the channel's other entries.
+CREATE INDEX message_parked_idx ON hydra.message (queue, channel, prio DESC, vtime, id)
+    WHERE state = 'parked';
 -- Time-driven work of coordinate(): delays, back-off, lease expiry, retention.
 CREATE INDEX message_due_idx ON hydra.message (available_at)
     WHERE state = 'locked' OR (state = 'pending' AND deps_left = 0);
