@@ -179,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         ctx = Context(dsn=setup.dsn, sizes=sizes, progress=progress, hydramq=setup.hydramq,
                       stats=setup.stats,
                       shapes=tuple(x.strip().upper() for x in args.shapes.split(",") if x.strip()))
+        ctx.quick, ctx.server = args.quick, setup.server  # for driver_phases.py, ablation.py
         for ph in PHASES:
             if ph.name not in wanted:
                 continue
@@ -200,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     print("Targets (ratio to baseline, informational):")
     for v in document["targets"]:
         shown = "n/a" if v["value"] is None else f"{v['value']:.2f}"
-        print(f"  {v['metric']:<32} {shown:>6}  (>= {v['target']:.2f})  {v['verdict']}")
+        print(f"  {v['metric']:<32} {shown:>6}  ({v.get('op', '>=')} {v['target']:.2f})  "
+              f"{v['verdict']}")
     cpus = os.cpu_count() or 1
     if busy > cpus:
         print(f"\nWARNING: the machine was busy (1-minute load average {busy:.1f} on "

@@ -32,6 +32,11 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
                      "value": None if value is None else round(value, 3),
                      "verdict": "n/a" if value is None else ("PASS" if value >= target
                                                             else "MISS")})
+    # Phases may judge their own targets: a "targets" list of rows like the ones above, with
+    # "op" ">=" or "<=" (driver_phases.py, ablation.py).
+    for entry in results.values():
+        if isinstance(entry, dict) and isinstance(entry.get("targets"), list):
+            rows.extend(entry["targets"])
     return rows
 
 
