@@ -359,9 +359,8 @@ DECLARE
     v_max_conc integer;
 BEGIN
     -- Contract: inserts one message row (and its edges) or none; see _enqueue_rows for locks.
-    -- Fast path for the common case (no parents, channel without max_size, name not taken):
-    -- one probe, one insert. Everything else, and every decision it does not take, goes
-    -- through the set-based _enqueue_rows.
+    -- Fast path for the common case (no parents, no name, channel without max_size): one
+    -- probe, one plain insert. Everything else goes through the set-based _enqueue_rows.
     PERFORM hydra._check_name('queue', enqueue.queue, false);
     PERFORM hydra._check_message_options(ARRAY[enqueue.payload], ARRAY[enqueue.channel],
         ARRAY[enqueue.priority], ARRAY[enqueue.name], ARRAY[enqueue.num_attempts],
@@ -371,7 +370,7 @@ BEGIN
       FROM hydra.channel_limit l WHERE l.queue = enqueue.queue AND l.channel = v_channel;
     IF (depends_on IS NULL OR cardinality(depends_on) = 0)
        -- flows:begin
-       AND v_max_size IS NULL
+       AND v_max_size IS NULL AND enqueue.name IS NULL
        -- flows:end
     THEN
         v_state := CASE WHEN NOT v_ready THEN 'pending'
@@ -391,18 +390,11 @@ BEGIN
                 CASE WHEN NOT v_ready
                      THEN now() + make_interval(secs => enqueue.delay_secs::float8) END,
                 enqueue.name, enqueue.payload)
-        -- flows:begin
-        ON CONFLICT (queue, name)
-           WHERE name IS NOT NULL AND attempt = 0 AND state IN ('pending', 'ready', 'parked')
-           DO NOTHING
-        -- flows:end
         RETURNING m.id INTO v_id;
-        IF v_id IS NOT NULL THEN
-            IF v_state = 'ready' THEN
-                PERFORM hydra._wake_workers(enqueue.queue);
-            END IF;
-            RETURN ROW('enqueued', v_id)::hydra.enqueue_result;
+        IF v_state = 'ready' THEN
+            PERFORM hydra._wake_workers(enqueue.queue);
         END IF;
+        RETURN ROW('enqueued', v_id)::hydra.enqueue_result;
     END IF;
 
     SELECT r.* INTO v_row
