@@ -36,6 +36,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -100,6 +101,10 @@ def extension_files() -> list[Path]:
         sql_dir = root / "sql"
         control = root / "hydramq.control"
         where = f"source checkout {root}"
+        installed = Path(sys.prefix) / "share" / "hydramq"
+        if not control.is_file() and (installed / "hydramq.control").is_file():
+            # An installed wheel carries them as data files.
+            sql_dir, control, where = installed, installed / "hydramq.control", str(installed)
     if not control.is_file():
         raise ExtensionFilesMissing(
             f"hydramq.control not found in {where}; the SQL scripts ship with a source "
