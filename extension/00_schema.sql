@@ -137,13 +137,18 @@ CREATE TABLE hydra.channel_limit (
     CONSTRAINT channel_limit_pkey PRIMARY KEY (queue, channel)
 ) WITH (fillfactor = 50);
 
--- Idle workers waiting on LISTEN: enqueue NOTIFYs only while one waits on its queue.
+-- Idle workers waiting on LISTEN, one row per (queue, registration). An enqueue that wakes
+-- them claims (deletes) one row, so a registered idle worker costs one NOTIFY per idle
+-- period, not one per enqueue. No unique key: a claim held by an open producer transaction
+-- never blocks the worker registering again.
 CREATE UNLOGGED TABLE hydra.waiting_worker (
+    id          bigint      GENERATED ALWAYS AS IDENTITY,
     queue       text        NOT NULL,
     backend_pid integer     NOT NULL,
     since       timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    CONSTRAINT waiting_worker_pkey PRIMARY KEY (queue, backend_pid)
+    CONSTRAINT waiting_worker_pkey PRIMARY KEY (id)
 );
+CREATE INDEX waiting_worker_queue_idx ON hydra.waiting_worker (queue);
 
 -- Queue data survives pg_dump (waiting_worker is runtime state and is left out).
 SELECT pg_catalog.pg_extension_config_dump('hydra.message', '');

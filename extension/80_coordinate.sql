@@ -365,7 +365,10 @@ BEGIN
     END IF;
     RETURN QUERY SELECT * FROM hydra._purge_failed(batch, failed_retention);
     DELETE FROM hydra.waiting_worker w
-     WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a WHERE a.pid = w.backend_pid);
+     WHERE w.id IN (SELECT x.id FROM hydra.waiting_worker x
+                     WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a
+                                        WHERE a.pid = x.backend_pid)
+                       FOR UPDATE SKIP LOCKED);
 END
 $$;
 
@@ -383,20 +386,28 @@ LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
     INSERT INTO hydra.waiting_worker (queue, backend_pid)
-    SELECT DISTINCT q, pg_backend_pid() FROM unnest(queues) q WHERE q IS NOT NULL
-    ON CONFLICT (queue, backend_pid) DO NOTHING;
+    SELECT DISTINCT q, pg_backend_pid() FROM unnest(queues) q
+     WHERE q IS NOT NULL
+       -- A registration an open producer transaction has claimed does not count (it will
+       -- most likely be gone); were that claim rolled back, the worker is registered twice.
+       AND NOT EXISTS (SELECT 1 FROM hydra.waiting_worker w
+                        WHERE w.queue = q AND w.backend_pid = pg_backend_pid()
+                          FOR UPDATE SKIP LOCKED);
 END;
 
 COMMENT ON FUNCTION hydra.worker_idle(text[]) IS
 'Registers this session as an idle worker LISTENing on channel hydra_enqueue for these queues:
-enqueue sends NOTIFY only while some worker is registered.';
+enqueue sends NOTIFY only while some worker is registered, and the first enqueue that does
+claims the registration (call again when idle again).';
 
 CREATE FUNCTION hydra.worker_busy()
 RETURNS void
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
-    DELETE FROM hydra.waiting_worker w WHERE w.backend_pid = pg_backend_pid();
+    DELETE FROM hydra.waiting_worker w
+     WHERE w.id IN (SELECT x.id FROM hydra.waiting_worker x
+                     WHERE x.backend_pid = pg_backend_pid() FOR UPDATE SKIP LOCKED);
 END;
 
 COMMENT ON FUNCTION hydra.worker_busy() IS

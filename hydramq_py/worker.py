@@ -571,7 +571,12 @@ class _Listener:
         if exc is not None:
             await self._drop(exc)
             return False
-        return notified.result()
+        woken = notified.result()
+        if woken:
+            # The enqueue that notified may have claimed our registration (one NOTIFY per
+            # idle period): register again before the next wait.
+            self.registered = False
+        return woken
 
     async def _notified(self, conn: psycopg.AsyncConnection[Any], timeout: float) -> bool:
         async for note in conn.notifies(timeout=timeout):

@@ -141,13 +141,18 @@ CREATE TABLE hydra.channel_limit (
     CONSTRAINT channel_limit_pkey PRIMARY KEY (queue, channel)
 ) WITH (fillfactor = 50);
 
--- Idle workers waiting on LISTEN: enqueue NOTIFYs only while one waits on its queue.
+-- Idle workers waiting on LISTEN, one row per (queue, registration). An enqueue that wakes
+-- them claims (deletes) one row, so a registered idle worker costs one NOTIFY per idle
+-- period, not one per enqueue. No unique key: a claim held by an open producer transaction
+-- never blocks the worker registering again.
 CREATE UNLOGGED TABLE hydra.waiting_worker (
+    id          bigint      GENERATED ALWAYS AS IDENTITY,
     queue       text        NOT NULL,
     backend_pid integer     NOT NULL,
     since       timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    CONSTRAINT waiting_worker_pkey PRIMARY KEY (queue, backend_pid)
+    CONSTRAINT waiting_worker_pkey PRIMARY KEY (id)
 );
+CREATE INDEX waiting_worker_queue_idx ON hydra.waiting_worker (queue);
 
 -- Queue data survives pg_dump (waiting_worker is runtime state and is left out).
 SELECT pg_catalog.pg_extension_config_dump('hydra.message', '');
@@ -879,9 +884,17 @@ RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    v_claimed bigint;
 BEGIN
-    -- Reads the idle-worker list; sends one notification per queue per transaction at most.
-    IF EXISTS (SELECT 1 FROM hydra.waiting_worker w WHERE w.queue = p_queue) THEN
+    -- Claims one idle registration (SKIP LOCKED: never waits) and notifies. Registrations
+    -- another open transaction has claimed may never be committed: notify for them too.
+    DELETE FROM hydra.waiting_worker w
+     WHERE w.id = (SELECT x.id FROM hydra.waiting_worker x
+                    WHERE x.queue = p_queue LIMIT 1 FOR UPDATE SKIP LOCKED)
+    RETURNING w.id INTO v_claimed;
+    IF v_claimed IS NOT NULL
+       OR EXISTS (SELECT 1 FROM hydra.waiting_worker w WHERE w.queue = p_queue) THEN
         PERFORM pg_catalog.pg_notify('hydra_enqueue', p_queue);
     END IF;
 END
@@ -2641,7 +2654,10 @@ BEGIN
     END IF;
     RETURN QUERY SELECT * FROM hydra._purge_failed(batch, failed_retention);
     DELETE FROM hydra.waiting_worker w
-     WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a WHERE a.pid = w.backend_pid);
+     WHERE w.id IN (SELECT x.id FROM hydra.waiting_worker x
+                     WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a
+                                        WHERE a.pid = x.backend_pid)
+                       FOR UPDATE SKIP LOCKED);
 END
 $$;
 
@@ -2659,20 +2675,28 @@ LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
     INSERT INTO hydra.waiting_worker (queue, backend_pid)
-    SELECT DISTINCT q, pg_backend_pid() FROM unnest(queues) q WHERE q IS NOT NULL
-    ON CONFLICT (queue, backend_pid) DO NOTHING;
+    SELECT DISTINCT q, pg_backend_pid() FROM unnest(queues) q
+     WHERE q IS NOT NULL
+       -- A registration an open producer transaction has claimed does not count (it will
+       -- most likely be gone); were that claim rolled back, the worker is registered twice.
+       AND NOT EXISTS (SELECT 1 FROM hydra.waiting_worker w
+                        WHERE w.queue = q AND w.backend_pid = pg_backend_pid()
+                          FOR UPDATE SKIP LOCKED);
 END;
 
 COMMENT ON FUNCTION hydra.worker_idle(text[]) IS
 'Registers this session as an idle worker LISTENing on channel hydra_enqueue for these queues:
-enqueue sends NOTIFY only while some worker is registered.';
+enqueue sends NOTIFY only while some worker is registered, and the first enqueue that does
+claims the registration (call again when idle again).';
 
 CREATE FUNCTION hydra.worker_busy()
 RETURNS void
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
-    DELETE FROM hydra.waiting_worker w WHERE w.backend_pid = pg_backend_pid();
+    DELETE FROM hydra.waiting_worker w
+     WHERE w.id IN (SELECT x.id FROM hydra.waiting_worker x
+                     WHERE x.backend_pid = pg_backend_pid() FOR UPDATE SKIP LOCKED);
 END;
 
 COMMENT ON FUNCTION hydra.worker_busy() IS
