@@ -61,8 +61,8 @@ class DriverSizes:
     def for_ctx(cls, ctx: Context) -> DriverSizes:
         quick = getattr(ctx, "quick", ctx.sizes.s1_messages < 50_000)
         if quick:
-            return cls(200, 10, 0.015, 0.045, 10, ctx.sizes.s1_messages, 100, 100, 2)
-        return cls(1_000, 20, 0.015, 0.045, 10, ctx.sizes.s1_messages, 100, 100, 2)
+            return cls(200, 10, 0.015, 0.045, 10, ctx.sizes.s1_messages, 300, 100, 2)
+        return cls(1_000, 20, 0.015, 0.045, 10, ctx.sizes.s1_messages, 300, 100, 2)
 
 
 def percentile(values: list[float], p: float) -> float | None:
