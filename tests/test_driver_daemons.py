@@ -175,10 +175,12 @@ def test_second_signal_stops_at_once_leaving_messages_to_lease_expiry(
 def test_sigkill_of_a_worker_mid_load_loses_no_message(
     db: Conn, spawn: Callable[..., Daemon], tmp_path: Path
 ) -> None:
-    ids = enqueue(db, 80, payload={"sleep": 0.1}, max_processing_secs=1.5, num_attempts=3,
+    ids = enqueue(db, 80, payload={"sleep": 0.3}, max_processing_secs=1.5, num_attempts=3,
                   lock_secs=0.1)
     w = spawn("worker", "driver_tasks:handle", "--slots", "8", name="worker")
     wait_until(lambda: len(ends(tmp_path)) >= 10, 20, "10 handlers to finish")
+    # Kill it while it holds leases (not in the instant between two batches).
+    wait_until(lambda: count(db, "state = 'processing'") > 0, 10, "leases to be held")
     w.proc.kill()
     w.wait(5)
     in_flight = count(db, "state = 'processing'")
