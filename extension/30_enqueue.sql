@@ -12,6 +12,7 @@ LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
+SET enable_sort = off
 AS $$
 BEGIN
     -- tail: the channel's last ready or parked vtime; head: the smallest ready vtime.
