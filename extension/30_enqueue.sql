@@ -102,17 +102,14 @@ RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    v_claimed bigint;
 BEGIN
-    -- Claims one idle registration (SKIP LOCKED: never waits) and notifies. Registrations
-    -- another open transaction has claimed may never be committed: notify for them too.
-    DELETE FROM hydra.waiting_worker w
-     WHERE w.id = (SELECT x.id FROM hydra.waiting_worker x
-                    WHERE x.queue = p_queue LIMIT 1 FOR UPDATE SKIP LOCKED)
-    RETURNING w.id INTO v_claimed;
-    IF v_claimed IS NOT NULL
-       OR EXISTS (SELECT 1 FROM hydra.waiting_worker w WHERE w.queue = p_queue) THEN
+    -- While a worker is registered idle: claim one registration (SKIP LOCKED: never waits)
+    -- and notify. A registration another open transaction has claimed may never be
+    -- committed, so finding only those still notifies.
+    IF EXISTS (SELECT 1 FROM hydra.waiting_worker w WHERE w.queue = p_queue) THEN
+        DELETE FROM hydra.waiting_worker w
+         WHERE w.id = (SELECT x.id FROM hydra.waiting_worker x
+                        WHERE x.queue = p_queue LIMIT 1 FOR UPDATE SKIP LOCKED);
         PERFORM pg_catalog.pg_notify('hydra_enqueue', p_queue);
     END IF;
 END

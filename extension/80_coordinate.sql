@@ -360,9 +360,7 @@ BEGIN
     END LOOP;
     RETURN QUERY SELECT * FROM hydra._release_due(batch);
     PERFORM hydra._repair_parked(batch);
-    IF to_regprocedure('hydra._fire_due_schedules(integer)') IS NOT NULL THEN
-        RETURN QUERY SELECT * FROM hydra._fire_due_schedules(batch);
-    END IF;
+    RETURN QUERY SELECT * FROM hydra._fire_due_schedules(batch);
     RETURN QUERY SELECT * FROM hydra._purge_failed(batch, failed_retention);
     DELETE FROM hydra.waiting_worker w
      WHERE w.id IN (SELECT x.id FROM hydra.waiting_worker x

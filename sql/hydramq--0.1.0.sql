@@ -885,17 +885,14 @@ RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    v_claimed bigint;
 BEGIN
-    -- Claims one idle registration (SKIP LOCKED: never waits) and notifies. Registrations
-    -- another open transaction has claimed may never be committed: notify for them too.
-    DELETE FROM hydra.waiting_worker w
-     WHERE w.id = (SELECT x.id FROM hydra.waiting_worker x
-                    WHERE x.queue = p_queue LIMIT 1 FOR UPDATE SKIP LOCKED)
-    RETURNING w.id INTO v_claimed;
-    IF v_claimed IS NOT NULL
-       OR EXISTS (SELECT 1 FROM hydra.waiting_worker w WHERE w.queue = p_queue) THEN
+    -- While a worker is registered idle: claim one registration (SKIP LOCKED: never waits)
+    -- and notify. A registration another open transaction has claimed may never be
+    -- committed, so finding only those still notifies.
+    IF EXISTS (SELECT 1 FROM hydra.waiting_worker w WHERE w.queue = p_queue) THEN
+        DELETE FROM hydra.waiting_worker w
+         WHERE w.id = (SELECT x.id FROM hydra.waiting_worker x
+                        WHERE x.queue = p_queue LIMIT 1 FOR UPDATE SKIP LOCKED);
         PERFORM pg_catalog.pg_notify('hydra_enqueue', p_queue);
     END IF;
 END
@@ -1390,6 +1387,88 @@ BEGIN
 END
 $$;
 
+-- One turn of a capped dequeue over locked candidates (in fair order): candidates that hold
+-- their slot or sit in an uncapped channel are admitted; the others take a free slot under
+-- their channel's limit row (SKIP LOCKED: a busy channel is left alone) or are parked.
+-- Leases at most p_left of them.
+CREATE FUNCTION hydra._admit_or_park(p_queue text, p_ids bigint[], p_channels text[],
+                                     p_epochs bigint[], p_left integer)
+RETURNS SETOF hydra.message
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+AS $$
+DECLARE
+    v_lchan  text[];
+    v_lfree  integer[];
+    v_lepoch bigint[];
+BEGIN
+    -- Limit rows of the channels some candidate needs a slot in.
+    SELECT coalesce(array_agg(l.channel), '{}'),
+           coalesce(array_agg(l.max_concurrency - l.in_flight), '{}'),
+           coalesce(array_agg(l.epoch), '{}')
+      INTO v_lchan, v_lfree, v_lepoch
+      FROM (SELECT cl.channel, cl.max_concurrency, cl.in_flight, cl.epoch
+              FROM hydra.channel_limit cl
+             WHERE cl.queue = p_queue AND cl.max_concurrency IS NOT NULL
+               AND EXISTS (SELECT 1 FROM unnest(p_channels, p_epochs) u(c, e)
+                            WHERE u.c = cl.channel AND u.e IS DISTINCT FROM cl.epoch)
+               FOR NO KEY UPDATE SKIP LOCKED) l;
+
+    RETURN QUERY
+    WITH capped AS (
+        -- Channels with a cap (their limit row may be busy: then we did not get it).
+        SELECT cl.channel, cl.epoch FROM hydra.channel_limit cl
+         WHERE cl.queue = p_queue AND cl.max_concurrency IS NOT NULL
+           AND cl.channel = ANY (p_channels)
+    ), cand AS (
+        SELECT u.id, u.channel, u.ord, k.channel IS NOT NULL AS capped,
+               coalesce(u.epoch = k.epoch, false) AS holds
+          FROM unnest(p_ids, p_channels, p_epochs) WITH ORDINALITY u(id, channel, epoch, ord)
+          LEFT JOIN capped k ON k.channel = u.channel
+    ), lim AS (
+        SELECT u.channel, u.free, u.epoch
+          FROM unnest(v_lchan, v_lfree, v_lepoch) u(channel, free, epoch)
+    ), judged AS (
+        SELECT c.id, c.channel, c.ord, l.epoch,
+               (l.channel IS NOT NULL AND NOT c.holds) AS takes_slot,
+               CASE WHEN c.holds OR NOT c.capped THEN 'admit'
+                    WHEN l.channel IS NULL THEN 'busy'
+                    WHEN row_number() OVER (PARTITION BY c.channel, c.holds
+                                            ORDER BY c.ord) <= l.free THEN 'admit'
+                    ELSE 'park' END AS verdict
+          FROM cand c
+          LEFT JOIN lim l ON l.channel = c.channel
+    ), taken AS (
+        SELECT j.* FROM (SELECT j.*, row_number() OVER (ORDER BY j.ord) AS n
+                           FROM judged j WHERE j.verdict = 'admit') j
+         WHERE j.n <= p_left
+    ), slots AS (
+        UPDATE hydra.channel_limit cl
+           SET in_flight = cl.in_flight + s.n
+          FROM (SELECT t.channel, count(*)::integer AS n FROM taken t
+                 WHERE t.takes_slot GROUP BY t.channel) s
+         WHERE cl.queue = p_queue AND cl.channel = s.channel
+    ), parked AS (
+        UPDATE hydra.message m
+           SET state = 'parked'
+         WHERE m.id = ANY (ARRAY(SELECT j.id FROM judged j WHERE j.verdict = 'park'))
+    ), leased AS (
+        UPDATE hydra.message m
+           SET state = 'processing',
+               attempt = m.attempt + 1,
+               slot_epoch = CASE WHEN t.takes_slot THEN t.epoch ELSE m.slot_epoch END,
+               lease_token = gen_random_uuid(),
+               lease_expires_at = now() + make_interval(secs => m.max_processing_secs::float8)
+          FROM taken t
+         WHERE m.id = t.id
+        RETURNING m.*
+    )
+    SELECT l.* FROM leased l ORDER BY l.prio DESC, l.vtime, l.id;
+END
+$$;
+
 -- A queue with capped channels: admits up to each cap and parks the excess out of the ready
 -- order (a slot release moves it back), so later dequeues never scan it again. A channel whose
 -- limit row another session holds is skipped for this call, so a dequeue never waits for a
@@ -1409,9 +1488,6 @@ DECLARE
     v_ids      bigint[];
     v_channels text[];
     v_epochs   bigint[];
-    v_lchan    text[];
-    v_lfree    integer[];
-    v_lepoch   bigint[];
     v_got      integer;
 BEGIN
     -- Locks: candidates and limit rows, both with SKIP LOCKED.
@@ -1439,76 +1515,10 @@ BEGIN
                           AND cl.max_concurrency IS NOT NULL
                         WHERE u.e IS DISTINCT FROM cl.epoch) THEN
             RETURN QUERY SELECT * FROM hydra._lease(v_ids[1:v_left]);
-            GET DIAGNOSTICS v_got = ROW_COUNT;
-            v_left := v_left - v_got;
-            EXIT WHEN v_left <= 0 OR cardinality(v_ids) < v_fetch OR v_turn >= 6;
-            v_fetch := least(v_fetch * 4, 1000);
-            CONTINUE;
+        ELSE
+            RETURN QUERY SELECT * FROM hydra._admit_or_park(p_queue, v_ids, v_channels,
+                                                           v_epochs, v_left);
         END IF;
-
-        -- Limit rows of the channels some candidate needs a slot in.
-        SELECT coalesce(array_agg(l.channel), '{}'),
-               coalesce(array_agg(l.max_concurrency - l.in_flight), '{}'),
-               coalesce(array_agg(l.epoch), '{}')
-          INTO v_lchan, v_lfree, v_lepoch
-          FROM (SELECT cl.channel, cl.max_concurrency, cl.in_flight, cl.epoch
-                  FROM hydra.channel_limit cl
-                 WHERE cl.queue = p_queue AND cl.max_concurrency IS NOT NULL
-                   AND EXISTS (SELECT 1 FROM unnest(v_channels, v_epochs) u(c, e)
-                                WHERE u.c = cl.channel AND u.e IS DISTINCT FROM cl.epoch)
-                   FOR NO KEY UPDATE SKIP LOCKED) l;
-
-        RETURN QUERY
-        WITH capped AS (
-            -- Channels with a cap (their limit row may be busy: then we did not get it).
-            SELECT cl.channel, cl.epoch FROM hydra.channel_limit cl
-             WHERE cl.queue = p_queue AND cl.max_concurrency IS NOT NULL
-               AND cl.channel = ANY (v_channels)
-        ), cand AS (
-            SELECT u.id, u.channel, u.ord, k.channel IS NOT NULL AS capped,
-                   coalesce(u.epoch = k.epoch, false) AS holds
-              FROM unnest(v_ids, v_channels, v_epochs) WITH ORDINALITY u(id, channel, epoch, ord)
-              LEFT JOIN capped k ON k.channel = u.channel
-        ), lim AS (
-            SELECT u.channel, u.free, u.epoch
-              FROM unnest(v_lchan, v_lfree, v_lepoch) u(channel, free, epoch)
-        ), judged AS (
-            SELECT c.id, c.channel, c.ord, l.epoch,
-                   (l.channel IS NOT NULL AND NOT c.holds) AS takes_slot,
-                   CASE WHEN c.holds OR NOT c.capped THEN 'admit'
-                        WHEN l.channel IS NULL THEN 'busy'
-                        WHEN row_number() OVER (PARTITION BY c.channel, c.holds
-                                                ORDER BY c.ord) <= l.free THEN 'admit'
-                        ELSE 'park' END AS verdict
-              FROM cand c
-              LEFT JOIN lim l ON l.channel = c.channel
-        ), taken AS (
-            SELECT j.* FROM (SELECT j.*, row_number() OVER (ORDER BY j.ord) AS n
-                               FROM judged j WHERE j.verdict = 'admit') j
-             WHERE j.n <= v_left
-        ), slots AS (
-            UPDATE hydra.channel_limit cl
-               SET in_flight = cl.in_flight + s.n
-              FROM (SELECT t.channel, count(*)::integer AS n FROM taken t
-                     WHERE t.takes_slot GROUP BY t.channel) s
-             WHERE cl.queue = p_queue AND cl.channel = s.channel
-        ), parked AS (
-            UPDATE hydra.message m
-               SET state = 'parked'
-             WHERE m.id = ANY (ARRAY(SELECT j.id FROM judged j WHERE j.verdict = 'park'))
-        ), leased AS (
-            UPDATE hydra.message m
-               SET state = 'processing',
-                   attempt = m.attempt + 1,
-                   slot_epoch = CASE WHEN t.takes_slot THEN t.epoch ELSE m.slot_epoch END,
-                   lease_token = gen_random_uuid(),
-                   lease_expires_at = now() + make_interval(secs => m.max_processing_secs::float8)
-              FROM taken t
-             WHERE m.id = t.id
-            RETURNING m.*
-        )
-        SELECT l.* FROM leased l ORDER BY l.prio DESC, l.vtime, l.id;
-
         GET DIAGNOSTICS v_got = ROW_COUNT;
         v_left := v_left - v_got;
         -- Stop when full, when the ready order ran dry, or after a bounded search.
@@ -2650,9 +2660,7 @@ BEGIN
     END LOOP;
     RETURN QUERY SELECT * FROM hydra._release_due(batch);
     PERFORM hydra._repair_parked(batch);
-    IF to_regprocedure('hydra._fire_due_schedules(integer)') IS NOT NULL THEN
-        RETURN QUERY SELECT * FROM hydra._fire_due_schedules(batch);
-    END IF;
+    RETURN QUERY SELECT * FROM hydra._fire_due_schedules(batch);
     RETURN QUERY SELECT * FROM hydra._purge_failed(batch, failed_retention);
     DELETE FROM hydra.waiting_worker w
      WHERE w.id IN (SELECT x.id FROM hydra.waiting_worker x
