@@ -137,6 +137,7 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
+SET enable_sort = on
 AS $$
 DECLARE
     v_count          integer := coalesce(array_length(p_payloads, 1), 0);
@@ -352,55 +353,71 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
+SET enable_sort = off
 AS $$
 #variable_conflict use_column
 DECLARE
     v_row     hydra.enqueue_many_result;
     v_channel text := coalesce(enqueue.channel, '');
     v_prio    integer := coalesce(enqueue.priority, -2147483648);
-    v_ready   boolean := enqueue.delay_secs = 0;
-    v_id       bigint;
-    v_state    text;
-    v_max_size integer;
-    v_max_conc integer;
+    v_problem text;
+    v_id      bigint;
+    v_wake    boolean;
 BEGIN
     -- Contract: inserts one message row (and its edges) or none; see _enqueue_rows for locks.
-    -- Fast path for the common case (no parents, no name, channel without max_size): one
-    -- probe, one plain insert. Everything else goes through the set-based _enqueue_rows.
-    PERFORM hydra._check_name('queue', enqueue.queue, false);
-    PERFORM hydra._check_message_options(ARRAY[enqueue.payload], ARRAY[enqueue.channel],
-        ARRAY[enqueue.priority], ARRAY[enqueue.name], ARRAY[enqueue.num_attempts],
-        ARRAY[enqueue.lock_secs], ARRAY[enqueue.lock_secs_factor], ARRAY[enqueue.delay_secs],
-        ARRAY[enqueue.cascade_failure], ARRAY[enqueue.max_processing_secs]);
-    SELECT l.max_size, l.max_concurrency INTO v_max_size, v_max_conc
-      FROM hydra.channel_limit l WHERE l.queue = enqueue.queue AND l.channel = v_channel;
+    v_problem := CASE WHEN enqueue.queue IS NULL THEN 'queue: must not be NULL'
+                      ELSE 'queue: ' || hydra._name_problem(enqueue.queue) END;
+    v_problem := coalesce(v_problem, hydra._message_problem(enqueue.payload, enqueue.channel,
+        enqueue.priority, enqueue.name, enqueue.num_attempts, enqueue.lock_secs,
+        enqueue.lock_secs_factor, enqueue.delay_secs, enqueue.cascade_failure,
+        enqueue.max_processing_secs));
+    IF v_problem IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = v_problem;
+    END IF;
+
+    -- Fast path, the common case: no parents, no name, a channel without a policy. One
+    -- statement (one snapshot, one executor start): it inserts nothing when the channel has a
+    -- policy, and that case takes the general path below.
     IF (depends_on IS NULL OR cardinality(depends_on) = 0)
        -- flows:begin
-       AND v_max_size IS NULL AND enqueue.name IS NULL
+       AND enqueue.name IS NULL
        -- flows:end
     THEN
-        v_state := CASE WHEN NOT v_ready THEN 'pending'
-                        WHEN v_max_conc IS NOT NULL
-                             AND hydra._capped_room(enqueue.queue, v_channel) <= 0 THEN 'parked'
-                        ELSE 'ready' END;
+        -- Ready now: after the channel's tail. That tail is ready (the channel has no cap),
+        -- so it is at or after the head of the ready order: only a channel with nothing
+        -- waiting reads the head, to join the round being served.
         INSERT INTO hydra.message AS m (queue, channel, state, prio, vtime, num_attempts,
             cascade_failure, lock_secs, lock_secs_factor, max_processing_secs,
-            available_at, name, payload)
-        VALUES (enqueue.queue, v_channel, v_state, v_prio,
-                CASE WHEN v_ready
-                     THEN (SELECT v.base FROM hydra._next_vtimes(enqueue.queue, ARRAY[v_channel],
-                                                                 ARRAY[v_prio]) v)
-                     ELSE 0 END,
-                enqueue.num_attempts, enqueue.cascade_failure, enqueue.lock_secs,
-                enqueue.lock_secs_factor, enqueue.max_processing_secs,
-                CASE WHEN NOT v_ready
-                     THEN now() + make_interval(secs => enqueue.delay_secs::float8) END,
-                enqueue.name, enqueue.payload)
-        RETURNING m.id INTO v_id;
-        IF v_state = 'ready' THEN
-            PERFORM hydra._wake_workers(enqueue.queue);
+            available_at, payload)
+        SELECT enqueue.queue, v_channel,
+               CASE WHEN enqueue.delay_secs = 0 THEN 'ready' ELSE 'pending' END, v_prio,
+               CASE WHEN enqueue.delay_secs > 0 THEN 0
+                    ELSE coalesce((SELECT t.vtime + 1 FROM hydra.message t
+                                    WHERE t.queue = enqueue.queue AND t.channel = v_channel
+                                      AND t.prio = v_prio AND t.state IN ('ready', 'parked')
+                                    ORDER BY t.vtime DESC LIMIT 1),
+                                  (SELECT h.vtime FROM hydra.message h
+                                    WHERE h.queue = enqueue.queue AND h.state = 'ready'
+                                      AND h.prio = v_prio
+                                    ORDER BY h.vtime, h.id LIMIT 1),
+                                  0) END,
+               enqueue.num_attempts, enqueue.cascade_failure, enqueue.lock_secs,
+               enqueue.lock_secs_factor, enqueue.max_processing_secs,
+               CASE WHEN enqueue.delay_secs > 0
+                    THEN now() + make_interval(secs => enqueue.delay_secs::float8) END,
+               enqueue.payload
+         WHERE NOT EXISTS (SELECT 1 FROM hydra.channel_limit l
+                            WHERE l.queue = enqueue.queue AND l.channel = v_channel)
+        RETURNING m.id,
+                  m.state = 'ready' AND EXISTS (SELECT 1 FROM hydra.waiting_worker w
+                                                 WHERE w.queue = m.queue)
+             INTO v_id, v_wake;
+        IF v_id IS NOT NULL THEN
+            IF v_wake THEN
+                PERFORM hydra._wake_workers(enqueue.queue);
+            END IF;
+            RETURN ROW('enqueued', v_id)::hydra.enqueue_result;
         END IF;
-        RETURN ROW('enqueued', v_id)::hydra.enqueue_result;
     END IF;
 
     SELECT r.* INTO v_row
