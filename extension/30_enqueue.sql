@@ -438,6 +438,141 @@ COMMENT ON FUNCTION hydra.enqueue(jsonb, text, text, integer, text, integer, num
 ''enqueued'', ''deduplicated'' (a never-dequeued message with this name exists in the queue; its
 id is returned) or ''dropped'' (the channel is at max_size). Raises 22023 on bad input.';
 
+-- The JSON elements of an enqueue_many call that the plain batch path cannot take: anything
+-- malformed (left to the precise checks of enqueue_many) and any key beyond the plain options
+-- (a name or parents take the general path). One jsonpath pass, no row built.
+CREATE FUNCTION hydra._needs_general_path(p_messages jsonb)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+RETURN coalesce(pg_catalog.jsonb_path_exists(p_messages, '$[*] ? (
+        @.type() != "object" || !exists(@.payload)
+     || exists(@.keyvalue() ? (@.key != "payload" && @.key != "channel" && @.key != "priority"
+            && @.key != "num_attempts" && @.key != "lock_secs" && @.key != "lock_secs_factor"
+            && @.key != "delay_secs" && @.key != "max_processing_secs"
+            && @.key != "cascade_failure"))
+     || @.channel.type() != "string" && @.channel.type() != "null"
+     || @.priority.type() != "number" && @.priority.type() != "null"
+     || @.num_attempts.type() != "number" && @.num_attempts.type() != "null"
+     || @.lock_secs.type() != "number" && @.lock_secs.type() != "null"
+     || @.lock_secs_factor.type() != "number" && @.lock_secs_factor.type() != "null"
+     || @.delay_secs.type() != "number" && @.delay_secs.type() != "null"
+     || @.max_processing_secs.type() != "number" && @.max_processing_secs.type() != "null"
+     || @.cascade_failure.type() != "boolean" && @.cascade_failure.type() != "null")',
+    silent => true), true);
+
+-- enqueue_many for the common batch: no names, no parents, a queue without channel policies.
+-- One statement: unpack, check, place every message after its channel's tail (one probe per
+-- distinct channel and priority, one head probe per priority) and insert. Returns NULL when an
+-- element needs the general path after all (an integer option written as 1.0), so that the
+-- caller's precise checks report it.
+CREATE FUNCTION hydra._enqueue_plain_batch(
+    p_queue          text,
+    p_messages       jsonb,
+    p_channel        text,
+    p_priority       integer,
+    p_num_attempts   integer,
+    p_lock_secs      numeric,
+    p_factor         numeric,
+    p_delay          numeric,
+    p_cascade        boolean,
+    p_max_processing numeric
+)
+RETURNS bigint[]
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+SET enable_sort = off
+AS $$
+DECLARE
+    v_ids       bigint[];
+    v_any_ready boolean;
+    v_problem   text;
+    v_general   boolean;
+BEGIN
+    -- Contract: inserts every message or none, ids in element order.
+    WITH raw AS MATERIALIZED (
+        SELECT r.ord::integer AS ord, pg_catalog.nextval('hydra.message_id_seq') AS id,
+               r.payload,
+               CASE WHEN p_channel IS NULL OR p_messages -> (r.ord::integer - 1) ? 'channel'
+                    THEN r.channel ELSE p_channel END AS channel,
+               CASE WHEN p_priority IS NULL OR p_messages -> (r.ord::integer - 1) ? 'priority'
+                    THEN r.priority ELSE p_priority::text END AS priority,
+               coalesce(r.num_attempts, p_num_attempts::text) AS num_attempts,
+               coalesce(r.lock_secs, p_lock_secs) AS lock_secs,
+               coalesce(r.lock_secs_factor, p_factor) AS factor,
+               coalesce(r.delay_secs, p_delay) AS delay,
+               coalesce(r.cascade_failure, p_cascade) AS cascade,
+               coalesce(r.max_processing_secs, p_max_processing) AS max_processing
+          FROM ROWS FROM (jsonb_to_recordset(p_messages) AS (payload jsonb, channel text,
+                   priority text, num_attempts text, lock_secs numeric,
+                   lock_secs_factor numeric, delay_secs numeric, cascade_failure boolean,
+                   max_processing_secs numeric)) WITH ORDINALITY
+               AS r(payload, channel, priority, num_attempts, lock_secs, lock_secs_factor,
+                    delay_secs, cascade_failure, max_processing_secs, ord)
+    ), typed AS MATERIALIZED (
+        SELECT w.ord, w.id, w.payload, w.channel, w.lock_secs, w.factor, w.delay, w.cascade,
+               w.max_processing, w.priority::integer AS priority,
+               w.num_attempts::integer AS num_attempts,
+               coalesce(w.channel, '') AS c,
+               coalesce(w.priority::integer, -2147483648) AS p,
+               w.delay = 0 AS ready
+          FROM raw w
+         WHERE NOT EXISTS (SELECT 1 FROM raw x
+                            WHERE x.priority !~ '^-?[0-9]+$' OR x.num_attempts !~ '^-?[0-9]+$')
+    ), checked AS MATERIALIZED (
+        SELECT k.*, hydra._message_problem(k.payload, k.channel, k.priority, NULL,
+                        k.num_attempts, k.lock_secs, k.factor, k.delay, k.cascade,
+                        k.max_processing) AS problem
+          FROM typed k
+    ), heads AS MATERIALIZED (
+        SELECT d.p, (SELECT h.vtime FROM hydra.message h
+                      WHERE h.queue = p_queue AND h.state = 'ready' AND h.prio = d.p
+                      ORDER BY h.vtime, h.id LIMIT 1) AS v
+          FROM (SELECT DISTINCT k.p FROM checked k WHERE k.ready) d
+    ), tails AS MATERIALIZED (
+        SELECT g.c, g.p, (SELECT t.vtime FROM hydra.message t
+                           WHERE t.queue = p_queue AND t.channel = g.c AND t.prio = g.p
+                             AND t.state IN ('ready', 'parked')
+                           ORDER BY t.vtime DESC LIMIT 1) AS v
+          FROM (SELECT DISTINCT k.c, k.p FROM checked k WHERE k.ready) g
+    ), ins AS (
+        INSERT INTO hydra.message (id, queue, channel, state, prio, vtime, num_attempts,
+            cascade_failure, lock_secs, lock_secs_factor, max_processing_secs, available_at,
+            payload)
+        SELECT k.id, p_queue, k.c, CASE WHEN k.ready THEN 'ready' ELSE 'pending' END, k.p,
+               CASE WHEN k.ready
+                    THEN greatest(coalesce(t.v + 1, 0), coalesce(h.v, 0))
+                         + row_number() OVER (PARTITION BY k.ready, k.c, k.p ORDER BY k.ord) - 1
+                    ELSE 0 END,
+               k.num_attempts, k.cascade, k.lock_secs, k.factor, k.max_processing,
+               CASE WHEN NOT k.ready
+                    THEN now() + make_interval(secs => k.delay::double precision) END,
+               k.payload
+          FROM checked k
+          LEFT JOIN tails t ON t.c = k.c AND t.p = k.p
+          LEFT JOIN heads h ON h.p = k.p
+         WHERE NOT EXISTS (SELECT 1 FROM checked x WHERE x.problem IS NOT NULL)
+    )
+    SELECT array_agg(k.id ORDER BY k.ord), bool_or(k.ready),
+           (array_agg(k.problem ORDER BY k.ord) FILTER (WHERE k.problem IS NOT NULL))[1],
+           count(*) = 0
+      INTO v_ids, v_any_ready, v_problem, v_general
+      FROM checked k;
+    IF v_problem IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = v_problem;
+    END IF;
+    IF v_general AND jsonb_array_length(p_messages) > 0 THEN
+        RETURN NULL;
+    END IF;
+    IF v_any_ready AND EXISTS (SELECT 1 FROM hydra.waiting_worker w WHERE w.queue = p_queue) THEN
+        PERFORM hydra._wake_workers(p_queue);
+    END IF;
+    RETURN coalesce(v_ids, '{}');
+END
+$$;
+
 CREATE FUNCTION hydra.enqueue_many(
     messages            jsonb,
     queue               text     DEFAULT 'default',
@@ -477,6 +612,22 @@ BEGIN
     -- default), after checking every key and the JSON type of its value.
     IF messages IS NULL OR jsonb_typeof(messages) <> 'array' THEN
         PERFORM hydra._invalid('messages', 'must be a JSON array of objects');
+    END IF;
+    IF enqueue_many.name IS NULL
+       AND (enqueue_many.depends_on IS NULL OR cardinality(enqueue_many.depends_on) = 0)
+       AND NOT hydra._needs_general_path(messages)
+       AND NOT EXISTS (SELECT 1 FROM hydra.channel_limit l WHERE l.queue = enqueue_many.queue)
+    THEN
+        PERFORM hydra._check_name('queue', enqueue_many.queue, false);
+        v_dep_ids := hydra._enqueue_plain_batch(enqueue_many.queue, messages,
+            enqueue_many.channel, enqueue_many.priority, enqueue_many.num_attempts,
+            enqueue_many.lock_secs, enqueue_many.lock_secs_factor, enqueue_many.delay_secs,
+            enqueue_many.cascade_failure, enqueue_many.max_processing_secs);
+        IF v_dep_ids IS NOT NULL THEN
+            RETURN QUERY SELECT o.ord::integer, 'enqueued'::text, o.id
+                           FROM unnest(v_dep_ids) WITH ORDINALITY o(id, ord);
+            RETURN;
+        END IF;
     END IF;
     SELECT format('messages[%s]: %s', e.ord,
                   CASE WHEN jsonb_typeof(e.elem) <> 'object' THEN 'must be an object'
