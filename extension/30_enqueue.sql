@@ -172,7 +172,7 @@ BEGIN
         -- that their deletion waits for this edge; a missing id that the sequence issued has
         -- finished successfully and been deleted.
         SELECT coalesce(array_agg(p.id ORDER BY p.id), '{}'),
-               coalesce(array_agg(p.state ORDER BY p.id), '{}')
+               coalesce(array_agg(p.state::text ORDER BY p.id), '{}')
           INTO v_parent_ids, v_parent_states
           FROM (SELECT m.id, m.state FROM hydra.message m
                  WHERE m.id = ANY (p_dep_parents)
@@ -254,8 +254,8 @@ BEGIN
                 max_processing_secs, available_at, finished_at, name, last_error,
                 failed_parents, payload)
             SELECT x.id, p_queue, x.channel,
-                   CASE x.fate WHEN 'unmet' THEN 'failed' WHEN 'dropped' THEN 'failed'
-                               ELSE x.fate END,
+                   (CASE x.fate WHEN 'unmet' THEN 'failed' WHEN 'dropped' THEN 'failed'
+                                ELSE x.fate END)::hydra.message_state,
                    x.prio,
                    CASE WHEN x.fate IN ('ready', 'parked')
                         THEN b.base + row_number() OVER (PARTITION BY x.channel, x.prio,
@@ -390,7 +390,8 @@ BEGIN
             cascade_failure, lock_secs, lock_secs_factor, max_processing_secs,
             available_at, payload)
         SELECT enqueue.queue, v_channel,
-               CASE WHEN enqueue.delay_secs = 0 THEN 'ready' ELSE 'pending' END, v_prio,
+               CASE WHEN enqueue.delay_secs = 0 THEN 'ready'::hydra.message_state
+                    ELSE 'pending' END, v_prio,
                CASE WHEN enqueue.delay_secs > 0 THEN 0
                     ELSE coalesce((SELECT t.vtime + 1 FROM hydra.message t
                                     WHERE t.queue = enqueue.queue AND t.channel = v_channel
@@ -541,7 +542,8 @@ BEGIN
         INSERT INTO hydra.message (id, queue, channel, state, prio, vtime, num_attempts,
             cascade_failure, lock_secs, lock_secs_factor, max_processing_secs, available_at,
             payload)
-        SELECT k.id, p_queue, k.c, CASE WHEN k.ready THEN 'ready' ELSE 'pending' END, k.p,
+        SELECT k.id, p_queue, k.c,
+               CASE WHEN k.ready THEN 'ready'::hydra.message_state ELSE 'pending' END, k.p,
                CASE WHEN k.ready
                     THEN greatest(coalesce(t.v + 1, 0), coalesce(h.v, 0))
                          + row_number() OVER (PARTITION BY k.ready, k.c, k.p ORDER BY k.ord) - 1

@@ -180,7 +180,7 @@ BEGIN
     ), upd AS (
         UPDATE hydra.message m
            SET state = CASE WHEN i.retry AND m.attempt < m.num_attempts
-                            THEN 'locked' ELSE 'failed' END,
+                            THEN 'locked'::hydra.message_state ELSE 'failed' END,
                available_at = CASE WHEN i.retry AND m.attempt < m.num_attempts
                                    THEN now() + hydra._backoff(m.lock_secs, m.lock_secs_factor,
                                                                m.attempt) END,
@@ -207,7 +207,7 @@ BEGIN
         PERFORM hydra._release_slots(v_queues, v_channels, v_epochs);
     END IF;
     RETURN QUERY
-        SELECT m.id, m.state, m.attempt, m.available_at
+        SELECT m.id, m.state::text, m.attempt, m.available_at
           FROM hydra.message m
          WHERE m.id = ANY (p_ids) AND m.state IN ('locked', 'failed')
          ORDER BY m.id;

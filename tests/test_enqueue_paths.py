@@ -160,10 +160,9 @@ def test_a_batch_into_a_queue_with_a_channel_policy_still_respects_the_cap(db: C
     db.execute("SELECT hydra.channel_policy_set('a', max_concurrency => 1, queue => %s)", (FAST,))
     run_many(db, FAST, [{"payload": i, "channel": "a"} for i in range(3)], {})
     states = db.execute(
-        "SELECT state, count(*) FROM hydra.message WHERE queue = %s GROUP BY 1 ORDER BY 1",
-        (FAST,),
+        "SELECT state, count(*) FROM hydra.message WHERE queue = %s GROUP BY 1", (FAST,)
     ).fetchall()
-    assert states == [("parked", 2), ("ready", 1)]
+    assert dict(states) == {"parked": 2, "ready": 1}
 
 
 @pytest.mark.parametrize(
