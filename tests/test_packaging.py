@@ -268,3 +268,16 @@ def test_messages_survive_pg_dump_and_restore(
         coordinate_until_quiet(conn)
         assert {m["id"] for m in dequeue(conn, batch=10)} == {child, fresh}
 
+
+
+def test_functions_that_disable_a_plan_type_also_disable_jit(db: Conn) -> None:
+    # On PostgreSQL 15 a disabled plan type still costs 1e10 when nothing else can do the job
+    # (a sort under a window function, say): a plan priced like that is JIT-compiled, with
+    # inlining and optimisation, on every execution -- about a second per call.
+    rows = db.execute(
+        "SELECT p.oid::regprocedure::text, p.proconfig FROM pg_proc p"
+        " WHERE p.pronamespace = 'hydra'::regnamespace"
+        "   AND EXISTS (SELECT FROM unnest(p.proconfig) c WHERE c ~ '^enable_[a-z]+=off$')"
+    ).fetchall()
+    assert len(rows) > 10
+    assert [name for name, config in rows if "jit=off" not in config] == []
