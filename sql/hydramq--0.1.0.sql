@@ -222,24 +222,22 @@ CREATE FUNCTION hydra._message_problem(
 )
 RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN CASE
-    WHEN p_payload IS NULL THEN 'payload: must not be NULL'
-    WHEN hydra._name_problem(p_channel) IS NOT NULL
-         THEN 'channel: ' || hydra._name_problem(p_channel)
-    WHEN p_priority = -2147483648
-         THEN 'priority: must be greater than -2147483648 (reserved for NULL)'
-    WHEN hydra._name_problem(p_name) IS NOT NULL THEN 'name: ' || hydra._name_problem(p_name)
-    WHEN p_num_attempts IS NULL OR p_num_attempts < 1 THEN 'num_attempts: must be at least 1'
-    WHEN p_lock_secs IS NULL OR p_lock_secs < 0 THEN 'lock_secs: must be 0 or more'
-    WHEN p_factor IS NULL OR p_factor < 1 THEN 'lock_secs_factor: must be at least 1'
-    WHEN p_delay IS NULL OR p_delay < 0 THEN 'delay_secs: must be 0 or more'
-    WHEN p_cascade IS NULL THEN 'cascade_failure: must not be NULL'
-    WHEN p_max_processing IS NULL OR p_max_processing <= 0
-         THEN 'max_processing_secs: must be greater than 0'
-    WHEN p_delay > 315360000 OR p_max_processing > 315360000 OR p_lock_secs > 315360000
-         THEN 'delay_secs, lock_secs, max_processing_secs: must be at most 315360000 '
-              '(ten years)'
-END;
+RETURN coalesce(
+    CASE WHEN p_payload IS NULL THEN 'payload: must not be NULL' END,
+    'channel: ' || hydra._name_problem(p_channel),
+    CASE WHEN p_priority = -2147483648
+         THEN 'priority: must be greater than -2147483648 (reserved for NULL)' END,
+    'name: ' || hydra._name_problem(p_name),
+    CASE WHEN p_num_attempts IS NULL OR p_num_attempts < 1 THEN 'num_attempts: must be at least 1'
+         WHEN p_lock_secs IS NULL OR p_lock_secs < 0 THEN 'lock_secs: must be 0 or more'
+         WHEN p_factor IS NULL OR p_factor < 1 THEN 'lock_secs_factor: must be at least 1'
+         WHEN p_delay IS NULL OR p_delay < 0 THEN 'delay_secs: must be 0 or more'
+         WHEN p_cascade IS NULL THEN 'cascade_failure: must not be NULL'
+         WHEN p_max_processing IS NULL OR p_max_processing <= 0
+              THEN 'max_processing_secs: must be greater than 0'
+         WHEN p_delay > 315360000 OR p_max_processing > 315360000 OR p_lock_secs > 315360000
+              THEN 'delay_secs, lock_secs, max_processing_secs: must be at most 315360000 '
+                   '(ten years)' END);
 
 -- Checks the options every message carries; the arrays are aligned, one element per message.
 CREATE FUNCTION hydra._check_message_options(
