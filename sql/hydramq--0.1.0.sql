@@ -1190,9 +1190,9 @@ BEGIN
        AND enqueue.name IS NULL
        -- flows:end
     THEN
-        -- Ready now: after the channel's tail. That tail is ready (the channel has no cap),
-        -- so it is at or after the head of the ready order: only a channel with nothing
-        -- waiting reads the head, to join the round being served.
+        -- Ready now: after the channel's tail. A ready tail is at or after the head of the
+        -- ready order, so only a channel with nothing ready waiting (or a parked leftover of
+        -- a cleared cap) reads the head, to join the round being served.
         INSERT INTO hydra.message AS m (queue, channel, state, prio, vtime, num_attempts,
             cascade_failure, lock_secs, lock_secs_factor, max_processing_secs,
             available_at, payload)
@@ -1200,20 +1200,22 @@ BEGIN
                CASE WHEN enqueue.delay_secs = 0 THEN 'ready'::hydra.message_state
                     ELSE 'pending' END, v_prio,
                CASE WHEN enqueue.delay_secs > 0 THEN 0
-                    ELSE coalesce((SELECT t.vtime + 1 FROM hydra.message t
-                                    WHERE t.queue = enqueue.queue AND t.channel = v_channel
-                                      AND t.prio = v_prio AND t.state IN ('ready', 'parked')
-                                    ORDER BY t.vtime DESC LIMIT 1),
-                                  (SELECT h.vtime FROM hydra.message h
-                                    WHERE h.queue = enqueue.queue AND h.state = 'ready'
-                                      AND h.prio = v_prio
-                                    ORDER BY h.vtime, h.id LIMIT 1),
-                                  0) END,
+                    WHEN t.state = 'ready' THEN t.vtime + 1
+                    ELSE greatest(coalesce(t.vtime + 1, 0),
+                                  coalesce((SELECT h.vtime FROM hydra.message h
+                                             WHERE h.queue = enqueue.queue AND h.state = 'ready'
+                                               AND h.prio = v_prio
+                                             ORDER BY h.vtime, h.id LIMIT 1), 0)) END,
                enqueue.num_attempts, enqueue.cascade_failure, enqueue.lock_secs,
                enqueue.lock_secs_factor, enqueue.max_processing_secs,
                CASE WHEN enqueue.delay_secs > 0
                     THEN now() + make_interval(secs => enqueue.delay_secs::float8) END,
                enqueue.payload
+          FROM (SELECT 1) one
+          LEFT JOIN LATERAL (SELECT x.vtime, x.state FROM hydra.message x
+                              WHERE x.queue = enqueue.queue AND x.channel = v_channel
+                                AND x.prio = v_prio AND x.state IN ('ready', 'parked')
+                              ORDER BY x.vtime DESC LIMIT 1) t ON enqueue.delay_secs = 0
          WHERE NOT EXISTS (SELECT 1 FROM hydra.channel_limit l
                             WHERE l.queue = enqueue.queue AND l.channel = v_channel)
         RETURNING m.id,

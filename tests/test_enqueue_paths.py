@@ -185,3 +185,22 @@ def test_the_paths_compared_above_are_the_ones_taken(db: Conn, call: str, fast: 
         ).fetchone() or (None, None)
     assert general == (0 if fast else 1)
     assert plain == (1 if fast and "enqueue_many" in call else 0)
+
+
+def test_a_parked_leftover_in_an_uncapped_channel_does_not_let_a_new_message_jump_ahead(
+    db: Conn,
+) -> None:
+    # Clearing a cap un-parks with SKIP LOCKED, so a parked row can outlive its cap until the
+    # coordinator repairs it. Such a tail may sit before the round being served; a message
+    # enqueued behind it must still join the back of the current round.
+    a = [enqueue_one(db, "a") for _ in range(3)]
+    leftover = enqueue_one(db, "c")
+    db.execute("UPDATE hydra.message SET state = 'parked' WHERE id = %s", (leftover,))
+    assert [r["id"] for r in dequeue(db, 2)] == a[:2]
+    late = enqueue_one(db, "c")
+    assert [r["id"] for r in dequeue(db, 2)] == [a[2], late]
+
+
+def enqueue_one(db: Conn, channel: str) -> int:
+    row = db.execute("SELECT message_id FROM hydra.enqueue('{}', channel => %s)", (channel,))
+    return int(row.fetchone()[0])  # type: ignore[index]
