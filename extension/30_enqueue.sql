@@ -618,9 +618,11 @@ DECLARE
     v_maxproc    numeric[];
     v_dep_ords   integer[];
     v_dep_ids    bigint[];
+    v_plain_ids  bigint[];
 BEGIN
-    -- Unpacks the JSON array in one pass (a key present in an element overrides the call's
-    -- default), after checking every key and the JSON type of its value.
+    -- A plain batch takes _enqueue_plain_batch. Otherwise: unpacks the JSON array in one pass
+    -- (a key present in an element overrides the call's default), after checking every key
+    -- and the JSON type of its value, for the general path.
     IF messages IS NULL OR jsonb_typeof(messages) <> 'array' THEN
         PERFORM hydra._invalid('messages', 'must be a JSON array of objects');
     END IF;
@@ -630,13 +632,13 @@ BEGIN
        AND NOT EXISTS (SELECT 1 FROM hydra.channel_limit l WHERE l.queue = enqueue_many.queue)
     THEN
         PERFORM hydra._check_name('queue', enqueue_many.queue, false);
-        v_dep_ids := hydra._enqueue_plain_batch(enqueue_many.queue, messages,
+        v_plain_ids := hydra._enqueue_plain_batch(enqueue_many.queue, messages,
             enqueue_many.channel, enqueue_many.priority, enqueue_many.num_attempts,
             enqueue_many.lock_secs, enqueue_many.lock_secs_factor, enqueue_many.delay_secs,
             enqueue_many.cascade_failure, enqueue_many.max_processing_secs);
-        IF v_dep_ids IS NOT NULL THEN
+        IF v_plain_ids IS NOT NULL THEN
             RETURN QUERY SELECT o.ord::integer, 'enqueued'::text, o.id
-                           FROM unnest(v_dep_ids) WITH ORDINALITY o(id, ord);
+                           FROM unnest(v_plain_ids) WITH ORDINALITY o(id, ord);
             RETURN;
         END IF;
     END IF;
