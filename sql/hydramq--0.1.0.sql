@@ -1165,19 +1165,19 @@ AS $$
 #variable_conflict use_column
 DECLARE
     v_row     hydra.enqueue_many_result;
-    v_channel text := coalesce(enqueue.channel, '');
-    v_prio    integer := coalesce(enqueue.priority, -2147483648);
     v_problem text;
     v_id      bigint;
     v_wake    boolean;
 BEGIN
     -- Contract: inserts one message row (and its edges) or none; see _enqueue_rows for locks.
-    v_problem := CASE WHEN enqueue.queue IS NULL THEN 'queue: must not be NULL'
-                      ELSE 'queue: ' || hydra._name_problem(enqueue.queue) END;
-    v_problem := coalesce(v_problem, hydra._message_problem(enqueue.payload, enqueue.channel,
-        enqueue.priority, enqueue.name, enqueue.num_attempts, enqueue.lock_secs,
-        enqueue.lock_secs_factor, enqueue.delay_secs, enqueue.cascade_failure,
-        enqueue.max_processing_secs));
+    -- (Few and simple statements here: PL/pgSQL prepares each expression again in every
+    -- transaction, and most enqueues are a transaction of their own.)
+    v_problem := coalesce(
+        CASE WHEN enqueue.queue IS NULL THEN 'queue: must not be NULL'
+             ELSE 'queue: ' || hydra._name_problem(enqueue.queue) END,
+        hydra._message_problem(enqueue.payload, enqueue.channel, enqueue.priority,
+            enqueue.name, enqueue.num_attempts, enqueue.lock_secs, enqueue.lock_secs_factor,
+            enqueue.delay_secs, enqueue.cascade_failure, enqueue.max_processing_secs));
     IF v_problem IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = v_problem;
     END IF;
@@ -1196,28 +1196,29 @@ BEGIN
         INSERT INTO hydra.message AS m (queue, channel, state, prio, vtime, num_attempts,
             cascade_failure, lock_secs, lock_secs_factor, max_processing_secs,
             available_at, payload)
-        SELECT enqueue.queue, v_channel,
+        SELECT enqueue.queue, k.channel,
                CASE WHEN enqueue.delay_secs = 0 THEN 'ready'::hydra.message_state
-                    ELSE 'pending' END, v_prio,
+                    ELSE 'pending' END, k.prio,
                CASE WHEN enqueue.delay_secs > 0 THEN 0
                     WHEN t.state = 'ready' THEN t.vtime + 1
                     ELSE greatest(coalesce(t.vtime + 1, 0),
                                   coalesce((SELECT h.vtime FROM hydra.message h
                                              WHERE h.queue = enqueue.queue AND h.state = 'ready'
-                                               AND h.prio = v_prio
+                                               AND h.prio = k.prio
                                              ORDER BY h.vtime, h.id LIMIT 1), 0)) END,
                enqueue.num_attempts, enqueue.cascade_failure, enqueue.lock_secs,
                enqueue.lock_secs_factor, enqueue.max_processing_secs,
                CASE WHEN enqueue.delay_secs > 0
                     THEN now() + make_interval(secs => enqueue.delay_secs::float8) END,
                enqueue.payload
-          FROM (SELECT 1) one
+          FROM (SELECT coalesce(enqueue.channel, '') AS channel,
+                       coalesce(enqueue.priority, -2147483648) AS prio) k
           LEFT JOIN LATERAL (SELECT x.vtime, x.state FROM hydra.message x
-                              WHERE x.queue = enqueue.queue AND x.channel = v_channel
-                                AND x.prio = v_prio AND x.state IN ('ready', 'parked')
+                              WHERE x.queue = enqueue.queue AND x.channel = k.channel
+                                AND x.prio = k.prio AND x.state IN ('ready', 'parked')
                               ORDER BY x.vtime DESC LIMIT 1) t ON enqueue.delay_secs = 0
          WHERE NOT EXISTS (SELECT 1 FROM hydra.channel_limit l
-                            WHERE l.queue = enqueue.queue AND l.channel = v_channel)
+                            WHERE l.queue = enqueue.queue AND l.channel = k.channel)
         RETURNING m.id,
                   m.state = 'ready' AND EXISTS (SELECT 1 FROM hydra.waiting_worker w
                                                  WHERE w.queue = m.queue)
