@@ -16,25 +16,26 @@ SET jit = off
 SET enable_sort = off
 AS $$
 BEGIN
-    -- tail: the channel's last ready or parked vtime; head: the smallest ready vtime.
+    -- tail: the channel's last ready or parked vtime; head: the smallest ready vtime. Scalar
+    -- subqueries over materialized pairs: each probe is one index descent.
     RETURN QUERY
-    WITH pairs AS (
-        SELECT u.c, u.p FROM unnest(p_channels, p_prios) u(c, p)
-    ), heads AS (
+    WITH pairs AS MATERIALIZED (
+        SELECT DISTINCT u.c, u.p FROM unnest(p_channels, p_prios) u(c, p)
+    ), heads AS MATERIALIZED (
         -- One probe per priority, however many channels share it.
-        SELECT d.p, h.v
+        SELECT d.p, (SELECT m.vtime FROM hydra.message m
+                      WHERE m.queue = p_queue AND m.state = 'ready' AND m.prio = d.p
+                      ORDER BY m.vtime, m.id LIMIT 1) AS v
           FROM (SELECT DISTINCT pairs.p FROM pairs) d
-          LEFT JOIN LATERAL (SELECT m.vtime FROM hydra.message m
-                              WHERE m.queue = p_queue AND m.state = 'ready' AND m.prio = d.p
-                              ORDER BY m.vtime, m.id LIMIT 1) h(v) ON true
+    ), tails AS MATERIALIZED (
+        SELECT g.c, g.p, (SELECT m.vtime FROM hydra.message m
+                           WHERE m.queue = p_queue AND m.channel = g.c AND m.prio = g.p
+                             AND m.state IN ('ready', 'parked')
+                           ORDER BY m.vtime DESC LIMIT 1) AS v
+          FROM pairs g
     )
-    SELECT g.c, g.p, greatest(coalesce(t.v + 1, 0), coalesce(heads.v, 0))
-      FROM pairs g
-      JOIN heads ON heads.p = g.p
-      LEFT JOIN LATERAL (SELECT m.vtime FROM hydra.message m
-                          WHERE m.queue = p_queue AND m.channel = g.c AND m.prio = g.p
-                            AND m.state IN ('ready', 'parked')
-                          ORDER BY m.vtime DESC LIMIT 1) t(v) ON true;
+    SELECT t.c, t.p, greatest(coalesce(t.v + 1, 0), coalesce(h.v, 0))
+      FROM tails t JOIN heads h ON h.p = t.p;
 END
 $$;
 
@@ -388,9 +389,10 @@ BEGIN
        AND enqueue.name IS NULL
        -- flows:end
     THEN
-        -- Ready now: after the channel's tail. A ready tail is at or after the head of the
-        -- ready order, so only a channel with nothing ready waiting (or a parked leftover of
-        -- a cleared cap) reads the head, to join the round being served.
+        -- Ready now: the probes of _next_vtimes, inline (a nested call costs as much as the
+        -- insert) and with one saving: a ready tail is at or after the head of the ready
+        -- order, so only a channel with nothing ready waiting (or a parked leftover of a
+        -- cleared cap) reads the head, to join the round being served.
         INSERT INTO hydra.message AS m (queue, channel, state, prio, vtime, num_attempts,
             cascade_failure, lock_secs, lock_secs_factor, max_processing_secs,
             available_at, payload)
@@ -471,8 +473,8 @@ RETURN coalesce(pg_catalog.jsonb_path_exists(p_messages, '$[*] ? (
     silent => true), true);
 
 -- enqueue_many for the common batch: no names, no parents, a queue without channel policies.
--- One statement: unpack, check, place every message after its channel's tail (one probe per
--- distinct channel and priority, one head probe per priority) and insert. Returns NULL when an
+-- One statement: unpack, check, place every message after its channel's tail (_next_vtimes:
+-- one probe per distinct channel and priority, one head probe per priority) and insert. Returns NULL when an
 -- element needs the general path after all (an integer option written as 1.0), so that the
 -- caller's precise checks report it.
 CREATE FUNCTION hydra._enqueue_plain_batch(
@@ -536,17 +538,11 @@ BEGIN
                         k.num_attempts, k.lock_secs, k.factor, k.delay, k.cascade,
                         k.max_processing) AS problem
           FROM typed k
-    ), heads AS MATERIALIZED (
-        SELECT d.p, (SELECT h.vtime FROM hydra.message h
-                      WHERE h.queue = p_queue AND h.state = 'ready' AND h.prio = d.p
-                      ORDER BY h.vtime, h.id LIMIT 1) AS v
-          FROM (SELECT DISTINCT k.p FROM checked k WHERE k.ready) d
-    ), tails AS MATERIALIZED (
-        SELECT g.c, g.p, (SELECT t.vtime FROM hydra.message t
-                           WHERE t.queue = p_queue AND t.channel = g.c AND t.prio = g.p
-                             AND t.state IN ('ready', 'parked')
-                           ORDER BY t.vtime DESC LIMIT 1) AS v
-          FROM (SELECT DISTINCT k.c, k.p FROM checked k WHERE k.ready) g
+    ), bases AS (
+        SELECT v.channel, v.prio, v.base
+          FROM (SELECT array_agg(g.c) AS cs, array_agg(g.p) AS ps
+                  FROM (SELECT DISTINCT k.c, k.p FROM checked k WHERE k.ready) g) pairs,
+               hydra._next_vtimes(p_queue, pairs.cs, pairs.ps) v
     ), ins AS (
         INSERT INTO hydra.message (id, queue, channel, state, prio, vtime, num_attempts,
             cascade_failure, lock_secs, lock_secs_factor, max_processing_secs, available_at,
@@ -554,7 +550,7 @@ BEGIN
         SELECT k.id, p_queue, k.c,
                CASE WHEN k.ready THEN 'ready'::hydra.message_state ELSE 'pending' END, k.p,
                CASE WHEN k.ready
-                    THEN greatest(coalesce(t.v + 1, 0), coalesce(h.v, 0))
+                    THEN b.base
                          + row_number() OVER (PARTITION BY k.ready, k.c, k.p ORDER BY k.ord) - 1
                     ELSE 0 END,
                k.num_attempts, k.cascade, k.lock_secs, k.factor, k.max_processing,
@@ -562,8 +558,7 @@ BEGIN
                     THEN now() + make_interval(secs => k.delay::double precision) END,
                k.payload
           FROM checked k
-          LEFT JOIN tails t ON t.c = k.c AND t.p = k.p
-          LEFT JOIN heads h ON h.p = k.p
+          LEFT JOIN bases b ON b.channel = k.c AND b.prio = k.p
          WHERE NOT EXISTS (SELECT 1 FROM checked x WHERE x.problem IS NOT NULL)
     )
     SELECT array_agg(k.id ORDER BY k.ord), bool_or(k.ready),
