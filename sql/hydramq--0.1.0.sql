@@ -950,7 +950,7 @@ DECLARE
     v_count          integer := coalesce(array_length(p_payloads, 1), 0);
     v_ids            bigint[];
     v_parent_ids     bigint[] := '{}';
-    v_parent_states  text[] := '{}';
+    v_parent_states  hydra.message_state[] := '{}';
     v_inserted       bigint[];
     v_dropped        bigint[];
     v_any_ready      boolean;
@@ -979,7 +979,7 @@ BEGIN
         -- that their deletion waits for this edge; a missing id that the sequence issued has
         -- finished successfully and been deleted.
         SELECT coalesce(array_agg(p.id ORDER BY p.id), '{}'),
-               coalesce(array_agg(p.state::text ORDER BY p.id), '{}')
+               coalesce(array_agg(p.state ORDER BY p.id), '{}')
           INTO v_parent_ids, v_parent_states
           FROM (SELECT m.id, m.state FROM hydra.message m
                  WHERE m.id = ANY (p_dep_parents)
@@ -1374,7 +1374,7 @@ BEGIN
     IF v_general AND jsonb_array_length(p_messages) > 0 THEN
         RETURN NULL;
     END IF;
-    IF v_any_ready AND EXISTS (SELECT 1 FROM hydra.waiting_worker w WHERE w.queue = p_queue) THEN
+    IF v_any_ready THEN
         PERFORM hydra._wake_workers(p_queue);
     END IF;
     RETURN coalesce(v_ids, '{}');

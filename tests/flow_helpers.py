@@ -124,6 +124,12 @@ def count_messages(conn: Conn) -> int:
     return int(row[0])
 
 
+def count_edges(conn: Conn) -> int:
+    row = conn.execute("SELECT count(*) FROM hydra.dependency").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def backend_pid(conn: Conn) -> int:
     row = conn.execute("SELECT pg_backend_pid()").fetchone()
     assert row is not None

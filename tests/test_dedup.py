@@ -16,6 +16,7 @@ from flow_helpers import (
     backend_pid,
     complete,
     coordinate_until_quiet,
+    count_edges,
     count_messages,
     dequeue,
     enqueue,
@@ -25,12 +26,6 @@ from flow_helpers import (
 )
 
 Conn = psycopg.Connection[Any]
-
-
-def _edges(conn: Conn) -> int:
-    row = conn.execute("SELECT count(*) FROM hydra.dependency").fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 def test_same_name_in_same_queue_is_deduplicated_while_never_dequeued(db: Conn) -> None:
@@ -86,10 +81,10 @@ def test_a_child_waiting_for_parents_blocks_its_name_and_a_duplicate_adds_no_edg
     _, parent = enqueue(db, {})
     _, other = enqueue(db, {})
     _, child = enqueue(db, {}, name="child", depends_on=[parent])
-    assert _edges(db) == 1
+    assert count_edges(db) == 1
     assert enqueue(db, {}, name="child", depends_on=[other]) == ("deduplicated", child)
     assert enqueue(db, {}, name="child") == ("deduplicated", child)
-    assert _edges(db) == 1
+    assert count_edges(db) == 1
     # The kept child still waits for its own parent only.
     leased = {m["id"]: m for m in dequeue(db, batch=10)}
     assert set(leased) == {parent, other}

@@ -20,6 +20,8 @@ from flow_helpers import (
     complete,
     coordinate,
     coordinate_until_quiet,
+    count_edges,
+    count_messages,
     dequeue,
     enqueue,
     enqueue_many,
@@ -30,18 +32,6 @@ from flow_helpers import (
 )
 
 Conn = psycopg.Connection[Any]
-
-
-def _edges(conn: Conn) -> int:
-    row = conn.execute("SELECT count(*) FROM hydra.dependency").fetchone()
-    assert row is not None
-    return int(row[0])
-
-
-def _messages(conn: Conn) -> int:
-    row = conn.execute("SELECT count(*) FROM hydra.message").fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 def _fail_exhausted(conn: Conn, message_id: int) -> None:
@@ -96,7 +86,7 @@ def test_diamond_dag_built_in_one_transaction_runs_in_dependency_order(
     rounds, events = _run_to_completion(db)
 
     assert rounds == [{a}, {b, c}, {d}]
-    assert _messages(db) == 0
+    assert count_messages(db) == 0
     for child, parents in ((b, [a]), (c, [a]), (d, [b, c])):
         resolved = [e for e in events if e.message_id == child
                     and e.event == "MESSAGE_DEPENDENCY_RESOLVED"]
@@ -282,13 +272,13 @@ def test_unknown_parent_id_is_rejected_naming_depends_on_and_nothing_is_written(
     db: Conn, bad_id: int
 ) -> None:
     _, known = enqueue(db, {})
-    before = (_messages(db), _edges(db))
+    before = (count_messages(db), count_edges(db))
     with pytest.raises(psycopg.errors.InvalidParameterValue, match=r"^depends_on") as err:
         enqueue(db, {}, depends_on=[known, bad_id])
     assert str(bad_id) in str(err.value)
     with pytest.raises(psycopg.errors.InvalidParameterValue, match=r"depends_on"):
         enqueue_many(db, [{"payload": 1}, {"payload": 2, "depends_on": [bad_id]}])
-    assert (_messages(db), _edges(db)) == before
+    assert (count_messages(db), count_edges(db)) == before
 
 
 def test_the_first_id_is_unknown_before_any_message_was_ever_enqueued(db: Conn) -> None:
@@ -297,19 +287,19 @@ def test_the_first_id_is_unknown_before_any_message_was_ever_enqueued(db: Conn) 
     # its own, already "succeeded", parent.
     with pytest.raises(psycopg.errors.InvalidParameterValue, match=r"^depends_on"):
         enqueue(db, {}, depends_on=[1])
-    assert (_messages(db), _edges(db)) == (0, 0)
+    assert (count_messages(db), count_edges(db)) == (0, 0)
 
 
 @pytest.mark.parametrize("depends_on", [[None], "dup"], ids=["null", "duplicate"])
 def test_null_or_duplicate_parent_ids_are_rejected(db: Conn, depends_on: Any) -> None:
     _, parent = enqueue(db, {})
     ids = [parent, parent] if depends_on == "dup" else [parent, None]
-    before = (_messages(db), _edges(db))
+    before = (count_messages(db), count_edges(db))
     with pytest.raises(psycopg.errors.InvalidParameterValue, match=r"^depends_on"):
         enqueue(db, {}, depends_on=ids)
     with pytest.raises(psycopg.errors.InvalidParameterValue, match=r"depends_on"):
         enqueue_many(db, [{"payload": 1}, {"payload": 2, "depends_on": ids}])
-    assert (_messages(db), _edges(db)) == before
+    assert (count_messages(db), count_edges(db)) == before
 
 
 def test_empty_depends_on_means_no_parents(db: Conn) -> None:
