@@ -70,29 +70,33 @@ DECLARE
     v_lfree  integer[];
     v_lepoch bigint[];
 BEGIN
-    -- Limit rows of the channels some candidate needs a slot in.
+    -- Limit rows of the channels some candidate needs a slot in (one that holds no slot of
+    -- the channel's current epoch): per distinct channel, one probe of its limit row.
     SELECT coalesce(array_agg(l.channel), '{}'),
            coalesce(array_agg(l.max_concurrency - l.in_flight), '{}'),
            coalesce(array_agg(l.epoch), '{}')
       INTO v_lchan, v_lfree, v_lepoch
-      FROM (SELECT cl.channel, cl.max_concurrency, cl.in_flight, cl.epoch
-              FROM hydra.channel_limit cl
-             WHERE cl.queue = p_queue AND cl.max_concurrency IS NOT NULL
-               AND EXISTS (SELECT 1 FROM unnest(p_channels, p_epochs) u(c, e)
-                            WHERE u.c = cl.channel AND u.e IS DISTINCT FROM cl.epoch)
-               FOR NO KEY UPDATE SKIP LOCKED) l;
+      FROM (SELECT u.c, bool_or(u.e IS NULL) AS unheld, min(u.e) AS lo, max(u.e) AS hi
+              FROM unnest(p_channels, p_epochs) u(c, e)
+             GROUP BY u.c) g
+     CROSS JOIN LATERAL (SELECT cl.channel, cl.max_concurrency, cl.in_flight, cl.epoch
+                           FROM hydra.channel_limit cl
+                          WHERE cl.queue = p_queue AND cl.channel = g.c
+                            AND cl.max_concurrency IS NOT NULL
+                            AND (g.unheld OR g.lo <> cl.epoch OR g.hi <> cl.epoch)
+                            FOR NO KEY UPDATE SKIP LOCKED) l;
 
     RETURN QUERY
-    WITH capped AS (
-        -- Channels with a cap (their limit row may be busy: then we did not get it).
-        SELECT cl.channel, cl.epoch FROM hydra.channel_limit cl
-         WHERE cl.queue = p_queue AND cl.max_concurrency IS NOT NULL
-           AND cl.channel = ANY (p_channels)
-    ), cand AS (
-        SELECT u.id, u.channel, u.ord, k.channel IS NOT NULL AS capped,
+    WITH cand AS (
+        -- Whether each candidate's channel has a cap (its limit row may be busy: then we did
+        -- not get it above). One probe per candidate (LIMIT 1 keeps it a probe).
+        SELECT u.id, u.channel, u.ord, k.epoch IS NOT NULL AS capped,
                coalesce(u.epoch = k.epoch, false) AS holds
           FROM unnest(p_ids, p_channels, p_epochs) WITH ORDINALITY u(id, channel, epoch, ord)
-          LEFT JOIN capped k ON k.channel = u.channel
+          LEFT JOIN LATERAL (SELECT cl.epoch FROM hydra.channel_limit cl
+                              WHERE cl.queue = p_queue AND cl.channel = u.channel
+                                AND cl.max_concurrency IS NOT NULL
+                              LIMIT 1) k ON true
     ), lim AS (
         SELECT u.channel, u.free, u.epoch
           FROM unnest(v_lchan, v_lfree, v_lepoch) u(channel, free, epoch)
@@ -176,10 +180,13 @@ BEGIN
 
         -- The common case under load: every candidate already holds its slot (a release
         -- reserved it) or is in an uncapped channel: lease them all, no limit row touched.
+        -- (One limit-row probe per candidate, LIMIT 1 keeping each a probe: never a scan
+        -- of every capped channel of the queue.)
         IF NOT EXISTS (SELECT 1 FROM unnest(v_channels, v_epochs) u(c, e)
-                         JOIN hydra.channel_limit cl
-                           ON cl.queue = p_queue AND cl.channel = u.c
-                          AND cl.max_concurrency IS NOT NULL
+                         CROSS JOIN LATERAL (SELECT cl.epoch FROM hydra.channel_limit cl
+                                              WHERE cl.queue = p_queue AND cl.channel = u.c
+                                                AND cl.max_concurrency IS NOT NULL
+                                              LIMIT 1) cl
                         WHERE u.e IS DISTINCT FROM cl.epoch) THEN
             RETURN QUERY SELECT * FROM hydra._lease(v_ids[1:v_left]);
         ELSE

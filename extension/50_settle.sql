@@ -44,30 +44,33 @@ BEGIN
         RETURN;
     END IF;
 
+    -- Each channel's share of what it gets back comes from the picks themselves (every row
+    -- picked is locked here, so it is un-parked): no join of the picks with the channels.
     WITH lim AS (
         SELECT u.q, u.c, u.n, u.free, u.e
           FROM unnest(v_q, v_c, v_n, v_free, v_ep) u(q, c, n, free, e)
+    ), pick AS MATERIALIZED (
+        SELECT lim.q, lim.c, lim.n, lim.e, p.id
+          FROM lim LEFT JOIN LATERAL (SELECT x.id FROM hydra.message x
+                                       WHERE x.queue = lim.q AND x.channel = lim.c
+                                         AND x.state = 'parked'
+                                       ORDER BY x.prio DESC, x.vtime, x.id
+                                       LIMIT lim.free
+                                         FOR NO KEY UPDATE SKIP LOCKED) p ON true
     ), unparked AS (
         UPDATE hydra.message m
            SET state = 'ready', slot_epoch = pick.e
-          FROM (SELECT p.id, lim.e FROM lim,
-                       LATERAL (SELECT x.id FROM hydra.message x
-                                 WHERE x.queue = lim.q AND x.channel = lim.c
-                                   AND x.state = 'parked'
-                                 ORDER BY x.prio DESC, x.vtime, x.id
-                                 LIMIT lim.free
-                                   FOR NO KEY UPDATE SKIP LOCKED) p) pick
+          FROM pick
          WHERE m.id = pick.id
-        RETURNING m.queue, m.channel
-    ), counted AS (
-        SELECT u.queue, u.channel, count(*)::integer AS k FROM unparked u GROUP BY 1, 2
     ), settled AS (
         UPDATE hydra.channel_limit cl
-           SET in_flight = greatest(cl.in_flight - lim.n + coalesce(k.k, 0), 0)
-          FROM lim LEFT JOIN counted k ON k.queue = lim.q AND k.channel = lim.c
-         WHERE cl.queue = lim.q AND cl.channel = lim.c
+           SET in_flight = greatest(cl.in_flight - g.n + g.k, 0)
+          FROM (SELECT pick.q, pick.c, pick.n, count(pick.id)::integer AS k
+                  FROM pick GROUP BY pick.q, pick.c, pick.n) g
+         WHERE cl.queue = g.q AND cl.channel = g.c
     )
-    SELECT array_agg(DISTINCT k.queue) INTO v_woke FROM counted k;
+    SELECT array_agg(DISTINCT pick.q) FILTER (WHERE pick.id IS NOT NULL) INTO v_woke
+      FROM pick;
 
     -- Parked messages that became ready may be what an idle worker waits for.
     IF v_woke IS NOT NULL THEN

@@ -1,0 +1,83 @@
+"""A queue may hold very many capped channels (SPEC §2: channels cost nothing; §5 caps): a
+dequeue and a slot release must touch the limit rows of the channels they serve, never every
+capped channel of the queue. Measured as the shared buffers the calls read (EXPLAIN ANALYZE,
+which counts the statements the functions run), with few and with thousands of idle capped
+channels beside the busy ones."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import psycopg
+from helpers import enqueue_many
+
+Conn = psycopg.Connection[Any]
+
+BUSY = 20  # capped channels with messages, served by every round below
+# capped channels with a policy and nothing waiting: first this many, then this many more
+# (both sizes keep the limit table's primary key two levels deep, so probes cost the same)
+IDLE = 5000
+MORE_IDLE = 15000
+BATCH = 10
+
+
+def buffers_of(conn: Conn, statement: str, params: tuple[Any, ...]) -> int:
+    """Shared buffers read (hit or not) by running ``statement`` once."""
+    row = conn.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + statement, params).fetchone()
+    assert row is not None
+    plan = (row[0] if isinstance(row[0], list) else json.loads(row[0]))[0]["Plan"]
+    return int(plan["Shared Hit Blocks"]) + int(plan["Shared Read Blocks"])
+
+
+def one_round(conn: Conn) -> tuple[int, int]:
+    """Refills the busy channels, then (dequeue buffers, release buffers) of one batch."""
+    enqueue_many(conn, [{"payload": i, "channel": f"busy{i % BUSY}"} for i in range(3 * BUSY)])
+    ids = [
+        r[0]
+        for r in conn.execute(
+            "SELECT id FROM hydra.message WHERE state = 'ready' ORDER BY vtime, id LIMIT %s",
+            (BATCH,),
+        ).fetchall()
+    ]
+    assert len(ids) == BATCH
+    took = buffers_of(conn, "SELECT * FROM hydra.dequeue(batch => %s)", (BATCH,))
+    leased = conn.execute(
+        "SELECT id, lease_token FROM hydra.message WHERE state = 'processing' ORDER BY id"
+    ).fetchall()
+    assert [r[0] for r in leased] == ids, "the dequeue under EXPLAIN leased what it should"
+    released = buffers_of(
+        conn,
+        "SELECT * FROM hydra.complete_many(%s, %s)",
+        ([r[0] for r in leased], [r[1] for r in leased]),
+    )
+    conn.execute("DELETE FROM hydra.message")  # next round starts from empty channels
+    conn.execute("UPDATE hydra.channel_limit SET in_flight = 0")
+    return took, released
+
+
+def add_idle_channels(conn: Conn, first: int, count: int) -> None:
+    conn.execute(
+        "SELECT hydra.channel_policy_set(channel => 'idle' || i, max_concurrency => 1) "
+        "FROM generate_series(%s::integer, %s::integer) i",
+        (first, first + count - 1),
+    )
+    conn.execute("VACUUM ANALYZE hydra.channel_limit")
+    one_round(conn)  # plans made again after the statistics changed: later rounds read none
+
+
+def test_capped_dequeue_and_release_do_not_read_every_capped_channel(db: Conn) -> None:
+    db.execute(
+        "SELECT hydra.channel_policy_set(channel => 'busy' || i, max_concurrency => 1) "
+        "FROM generate_series(0, %s) i",
+        (BUSY - 1,),
+    )
+    add_idle_channels(db, 1, IDLE)
+    some = one_round(db)
+    add_idle_channels(db, IDLE + 1, MORE_IDLE)
+    many = one_round(db)
+
+    # 15,000 more limit rows fill some 300 heap and index pages: reading them would show
+    # here. Probing the busy channels' rows reads the same few pages as before.
+    assert many[0] <= some[0] + 10, f"dequeue read {some[0]} then {many[0]} buffers"
+    assert many[1] <= some[1] + 10, f"release read {some[1]} then {many[1]} buffers"
