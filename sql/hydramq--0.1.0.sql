@@ -1976,12 +1976,13 @@ DECLARE
     v_epochs   bigint[];
 BEGIN
     -- Decides retry vs finish per message; releases slots; records outcomes of finished ones.
-    WITH input AS (
-        SELECT u.id, u.err, coalesce(u.retry, true) AS retry
+    -- The slot a message held is read before the update clears it, and handed through the
+    -- update's RETURNING (one probe per message; no join of the results back to the rows).
+    WITH input AS MATERIALIZED (
+        SELECT u.id, u.err, coalesce(u.retry, true) AS retry, o.queue, o.channel, o.slot_epoch
           FROM unnest(p_ids, p_errors, p_retry) u(id, err, retry)
-    ), old AS (
-        SELECT m.id, m.queue, m.channel, m.slot_epoch
-          FROM hydra.message m WHERE m.id = ANY (p_ids)
+          JOIN LATERAL (SELECT m.queue, m.channel, m.slot_epoch FROM hydra.message m
+                         WHERE m.id = u.id LIMIT 1) o ON true
     ), upd AS (
         UPDATE hydra.message m
            SET state = CASE WHEN i.retry AND m.attempt < m.num_attempts
@@ -1997,14 +1998,14 @@ BEGIN
                slot_epoch = NULL
           FROM input i
          WHERE m.id = ANY (p_ids) AND m.id = i.id
-        RETURNING m.id, m.state, m.attempt, m.available_at
+        RETURNING m.id, m.state, i.queue, i.channel, i.slot_epoch
     )
     SELECT coalesce(array_agg(u.id) FILTER (WHERE u.state = 'failed'), '{}'),
-           array_agg(o.queue) FILTER (WHERE o.slot_epoch IS NOT NULL),
-           array_agg(o.channel) FILTER (WHERE o.slot_epoch IS NOT NULL),
-           array_agg(o.slot_epoch) FILTER (WHERE o.slot_epoch IS NOT NULL)
+           array_agg(u.queue) FILTER (WHERE u.slot_epoch IS NOT NULL),
+           array_agg(u.channel) FILTER (WHERE u.slot_epoch IS NOT NULL),
+           array_agg(u.slot_epoch) FILTER (WHERE u.slot_epoch IS NOT NULL)
       INTO v_failed, v_queues, v_channels, v_epochs
-      FROM upd u JOIN old o ON o.id = u.id;
+      FROM upd u;
     IF v_failed <> '{}' THEN
         PERFORM hydra._record_outcomes(v_failed, false);
     END IF;
