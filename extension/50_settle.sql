@@ -90,12 +90,16 @@ SET enable_seqscan = off
 SET jit = off
 AS $$
 BEGIN
-    -- One probe of the unresolved-edge index per finished message.
-    INSERT INTO hydra.parent_outcome (parent_id, succeeded)
-    SELECT f.id, p_succeeded
-      FROM unnest(p_ids) f(id)
-     WHERE EXISTS (SELECT 1 FROM hydra.dependency d WHERE d.parent_id = f.id AND NOT d.resolved)
-    ON CONFLICT (parent_id) DO NOTHING;
+    -- Nothing to do while no edge waits (one probe); else one probe of the unresolved-edge
+    -- index per finished message (LIMIT 1 keeps each a probe: never a read of every edge).
+    IF EXISTS (SELECT 1 FROM hydra.dependency d WHERE NOT d.resolved) THEN
+        INSERT INTO hydra.parent_outcome (parent_id, succeeded)
+        SELECT f.id, p_succeeded
+          FROM unnest(p_ids) f(id)
+         CROSS JOIN LATERAL (SELECT 1 FROM hydra.dependency d
+                              WHERE d.parent_id = f.id AND NOT d.resolved LIMIT 1) e
+        ON CONFLICT (parent_id) DO NOTHING;
+    END IF;
 END
 $$;
 

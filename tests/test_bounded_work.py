@@ -1,8 +1,8 @@
-"""A queue may hold very many capped channels (SPEC §2: channels cost nothing; §5 caps): a
-dequeue and a slot release must touch the limit rows of the channels they serve, never every
-capped channel of the queue. Measured as the shared buffers the calls read (EXPLAIN ANALYZE,
-which counts the statements the functions run), with few and with thousands of idle capped
-channels beside the busy ones."""
+"""Work per call must not grow with unrelated data. A queue may hold very many capped channels
+(SPEC §2: channels cost nothing; §5 caps) and very many messages waiting on parents (§7): a
+dequeue, a completion and a slot release touch the rows of the messages and channels they
+serve, never every capped channel or every waiting edge. Measured as the shared buffers the
+calls read (EXPLAIN ANALYZE counts the statements the functions run)."""
 
 from __future__ import annotations
 
@@ -81,3 +81,43 @@ def test_capped_dequeue_and_release_do_not_read_every_capped_channel(db: Conn) -
     # here. Probing the busy channels' rows reads the same few pages as before.
     assert many[0] <= some[0] + 10, f"dequeue read {some[0]} then {many[0]} buffers"
     assert many[1] <= some[1] + 10, f"release read {some[1]} then {many[1]} buffers"
+
+
+def test_completing_does_not_read_every_waiting_edge(db: Conn, connect: Any) -> None:
+    # The worker's session plans its statements while the statistics say there is no edge (a
+    # worker started, after a routine ANALYZE, before the application built its DAGs); the
+    # edges then arrive from another session.
+    db.execute("VACUUM ANALYZE hydra.dependency")
+    worker = connect()
+
+    def complete_a_batch() -> int:
+        enqueue_many(worker, [{"payload": i} for i in range(BATCH)], queue="plain")
+        leased = worker.execute(
+            "SELECT id, lease_token FROM hydra.dequeue(queue => 'plain', batch => %s)", (BATCH,)
+        ).fetchall()
+        assert len(leased) == BATCH
+        return buffers_of(
+            worker,
+            "SELECT * FROM hydra.complete_many(%s, %s)",
+            ([r[0] for r in leased], [r[1] for r in leased]),
+        )
+
+    def add_edges(count: int) -> None:
+        for _ in range(count // 1_000):
+            enqueue_many(
+                db,
+                [{"payload": i, "depends_on": [parents[i % 200]]} for i in range(1_000)],
+                queue="dag",
+            )
+
+    complete_a_batch()
+    parents = enqueue_many(db, [{"payload": i} for i in range(200)], queue="dag")
+    add_edges(5_000)
+    complete_a_batch()
+    some = complete_a_batch()
+    add_edges(15_000)
+    many = complete_a_batch()
+
+    # 15,000 more unresolved edges fill some fifty pages of their index (both sizes keep it,
+    # and the message table's key, two levels deep).
+    assert many <= some + 10, f"complete read {some} then {many} buffers"
