@@ -227,7 +227,8 @@ BEGIN
                         THEN hydra._admitted_count(p_queue, l.channel, l.max_size) END AS live
               FROM hydra.channel_limit l
              WHERE l.queue = p_queue
-               AND l.channel IN (SELECT i.channel FROM input i)
+               -- An array, so that the limit rows are probed by key whatever the estimates.
+               AND l.channel = ANY (ARRAY(SELECT DISTINCT i.channel FROM input i))
         ), judged AS (
             SELECT i.*, d.failed, s.room,
                    coalesce(d.unresolved, 0) AS unresolved,
