@@ -138,6 +138,10 @@ CREATE TABLE hydra.channel_limit (
     epoch           bigint  NOT NULL DEFAULT pg_catalog.nextval('hydra.slot_epoch_seq'),
     CONSTRAINT channel_limit_pkey PRIMARY KEY (queue, channel)
 ) WITH (fillfactor = 50);
+-- "Does this queue cap any channel?" (every dequeue asks) in one probe, however many channels
+-- have only a size limit. in_flight is not indexed, so its updates stay HOT.
+CREATE INDEX channel_limit_capped_idx ON hydra.channel_limit (queue)
+    WHERE max_concurrency IS NOT NULL;
 
 -- Idle workers waiting on LISTEN, one row per (queue, registration). An enqueue that wakes
 -- them claims (deletes) one row, so a registered idle worker costs one NOTIFY per idle

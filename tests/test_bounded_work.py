@@ -123,3 +123,29 @@ def test_completing_does_not_read_every_waiting_edge(db: Conn, connect: Any) -> 
     # 15,000 more unresolved edges fill some fifty pages of their index (both sizes keep it,
     # and the message table's key, two levels deep).
     assert many <= some + 10, f"complete read {some} then {many} buffers"
+
+
+def test_dequeue_does_not_read_every_size_limited_channel(db: Conn) -> None:
+    # Size limits only (no cap): every dequeue still asks whether the queue caps a channel.
+    def sized(first: int, count: int) -> None:
+        db.execute(
+            "SELECT hydra.channel_policy_set(channel => 'sized' || i, max_size => 10) "
+            "FROM generate_series(%s::integer, %s::integer) i",
+            (first, first + count - 1),
+        )
+        db.execute("VACUUM ANALYZE hydra.channel_limit")
+
+    def dequeue_a_batch() -> int:
+        enqueue_many(db, [{"payload": i, "channel": f"free{i}"} for i in range(BATCH)])
+        took = buffers_of(db, "SELECT * FROM hydra.dequeue(batch => %s)", (BATCH,))
+        db.execute("DELETE FROM hydra.message")
+        db.execute("VACUUM hydra.message")
+        return took
+
+    sized(1, IDLE)
+    dequeue_a_batch()
+    some = dequeue_a_batch()
+    sized(IDLE + 1, MORE_IDLE)
+    dequeue_a_batch()
+    many = dequeue_a_batch()
+    assert many <= some + 10, f"dequeue read {some} then {many} buffers"
