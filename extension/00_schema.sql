@@ -48,8 +48,8 @@ CREATE SEQUENCE hydra.message_id_seq CACHE 1;
 
 CREATE TABLE hydra.message (
     id                  bigint      NOT NULL DEFAULT pg_catalog.nextval('hydra.message_id_seq'),
-    queue               text        NOT NULL,
-    channel             text        NOT NULL,            -- '' is the queue's default channel
+    queue               text COLLATE "C" NOT NULL,
+    channel             text COLLATE "C" NOT NULL,            -- '' is the queue's default channel
     state               hydra.message_state NOT NULL,
     prio                integer     NOT NULL,            -- coalesce(priority, -2147483648)
     vtime               bigint      NOT NULL DEFAULT 0,  -- virtual time: the fair order
@@ -66,7 +66,7 @@ CREATE TABLE hydra.message (
     lease_expires_at    timestamptz,
     enqueued_at         timestamptz NOT NULL DEFAULT pg_catalog.now(),
     finished_at         timestamptz,
-    name                text,
+    name                text COLLATE "C",
     last_error          text,
     failed_parents      bigint[],
     payload             jsonb       NOT NULL,
@@ -130,8 +130,8 @@ CREATE SEQUENCE hydra.slot_epoch_seq;
 
 -- Channel policies. in_flight counts the channel's messages holding a slot of this epoch.
 CREATE TABLE hydra.channel_limit (
-    queue           text    NOT NULL,
-    channel         text    NOT NULL,
+    queue           text COLLATE "C" NOT NULL,
+    channel         text COLLATE "C" NOT NULL,
     max_concurrency integer,
     max_size        integer,
     in_flight       integer NOT NULL DEFAULT 0,
@@ -149,7 +149,7 @@ CREATE INDEX channel_limit_capped_idx ON hydra.channel_limit (queue)
 -- never blocks the worker registering again.
 CREATE UNLOGGED TABLE hydra.waiting_worker (
     id          bigint      GENERATED ALWAYS AS IDENTITY,
-    queue       text        NOT NULL,
+    queue       text COLLATE "C" NOT NULL,
     backend_pid integer     NOT NULL,
     since       timestamptz NOT NULL DEFAULT pg_catalog.now(),
     CONSTRAINT waiting_worker_pkey PRIMARY KEY (id)

@@ -6,9 +6,9 @@
 -- rows are taken with SKIP LOCKED, never waited for by a coordinator).
 
 CREATE TABLE hydra.schedule (
-    queue               text        NOT NULL,
-    channel             text        NOT NULL DEFAULT '',   -- '' is the default channel
-    name                text        NOT NULL,
+    queue               text COLLATE "C" NOT NULL,
+    channel             text COLLATE "C" NOT NULL DEFAULT '',   -- '' is the default channel
+    name                text COLLATE "C" NOT NULL,
     cron                text        NOT NULL,
     tz                  text        NOT NULL,              -- canonical IANA name
     payload             jsonb       NOT NULL,

@@ -52,8 +52,8 @@ CREATE SEQUENCE hydra.message_id_seq CACHE 1;
 
 CREATE TABLE hydra.message (
     id                  bigint      NOT NULL DEFAULT pg_catalog.nextval('hydra.message_id_seq'),
-    queue               text        NOT NULL,
-    channel             text        NOT NULL,            -- '' is the queue's default channel
+    queue               text COLLATE "C" NOT NULL,
+    channel             text COLLATE "C" NOT NULL,            -- '' is the queue's default channel
     state               hydra.message_state NOT NULL,
     prio                integer     NOT NULL,            -- coalesce(priority, -2147483648)
     vtime               bigint      NOT NULL DEFAULT 0,  -- virtual time: the fair order
@@ -70,7 +70,7 @@ CREATE TABLE hydra.message (
     lease_expires_at    timestamptz,
     enqueued_at         timestamptz NOT NULL DEFAULT pg_catalog.now(),
     finished_at         timestamptz,
-    name                text,
+    name                text COLLATE "C",
     last_error          text,
     failed_parents      bigint[],
     payload             jsonb       NOT NULL,
@@ -134,8 +134,8 @@ CREATE SEQUENCE hydra.slot_epoch_seq;
 
 -- Channel policies. in_flight counts the channel's messages holding a slot of this epoch.
 CREATE TABLE hydra.channel_limit (
-    queue           text    NOT NULL,
-    channel         text    NOT NULL,
+    queue           text COLLATE "C" NOT NULL,
+    channel         text COLLATE "C" NOT NULL,
     max_concurrency integer,
     max_size        integer,
     in_flight       integer NOT NULL DEFAULT 0,
@@ -153,7 +153,7 @@ CREATE INDEX channel_limit_capped_idx ON hydra.channel_limit (queue)
 -- never blocks the worker registering again.
 CREATE UNLOGGED TABLE hydra.waiting_worker (
     id          bigint      GENERATED ALWAYS AS IDENTITY,
-    queue       text        NOT NULL,
+    queue       text COLLATE "C" NOT NULL,
     backend_pid integer     NOT NULL,
     since       timestamptz NOT NULL DEFAULT pg_catalog.now(),
     CONSTRAINT waiting_worker_pkey PRIMARY KEY (id)
@@ -2314,9 +2314,9 @@ SELECT l.queue, NULLIF(l.channel, '') AS channel, l.max_concurrency, l.max_size,
 -- rows are taken with SKIP LOCKED, never waited for by a coordinator).
 
 CREATE TABLE hydra.schedule (
-    queue               text        NOT NULL,
-    channel             text        NOT NULL DEFAULT '',   -- '' is the default channel
-    name                text        NOT NULL,
+    queue               text COLLATE "C" NOT NULL,
+    channel             text COLLATE "C" NOT NULL DEFAULT '',   -- '' is the default channel
+    name                text COLLATE "C" NOT NULL,
     cron                text        NOT NULL,
     tz                  text        NOT NULL,              -- canonical IANA name
     payload             jsonb       NOT NULL,

@@ -23,7 +23,10 @@ from hydramq.server import LocalServer, extension_files
 Conn = psycopg.Connection[Any]
 
 QUEUE_TABLES = {
-    "hydra.message", "hydra.message_id_seq", "hydra.dependency", "hydra.parent_outcome",
+    "hydra.message",
+    "hydra.message_id_seq",
+    "hydra.dependency",
+    "hydra.parent_outcome",
     "hydra.channel_limit",
 }
 
@@ -78,8 +81,9 @@ def scratch(db: Conn) -> Iterator[dict[str, list[str]]]:
         yield made
     finally:
         for name in made["databases"]:
-            db.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(name)))
+            db.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
         for name in made["roles"]:
             db.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
 
@@ -131,8 +135,11 @@ def test_install_script_has_no_transaction_control_and_no_create_extension() -> 
 def test_control_file_lets_a_non_superuser_install() -> None:
     settings = dict(
         (k.strip(), v.strip().strip("'"))
-        for k, v in (line.split("=", 1) for line in _control_file().read_text().splitlines()
-                     if "=" in line and not line.lstrip().startswith("#"))
+        for k, v in (
+            line.split("=", 1)
+            for line in _control_file().read_text().splitlines()
+            if "=" in line and not line.lstrip().startswith("#")
+        )
     )
     assert settings["superuser"] == "false"
     assert settings["default_version"] == "0.1.0"
@@ -152,17 +159,20 @@ def test_database_owner_without_superuser_can_create_and_use_the_extension(
     scratch["roles"].append(owner)
     name = _new_database(db, scratch, owner=owner)
 
-    with psycopg.connect(make_conninfo(dsn, dbname=name, user=owner, password="secret"),
-                         autocommit=True) as conn:
-        assert conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
-                            ).fetchone() == (False,)
+    with psycopg.connect(
+        make_conninfo(dsn, dbname=name, user=owner, password="secret"), autocommit=True
+    ) as conn:
+        assert conn.execute(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+        ).fetchone() == (False,)
         conn.execute("CREATE EXTENSION hydramq")
         _, mid = enqueue(conn, {"hello": "world"})
         (leased,) = dequeue(conn)
         assert leased["id"] == mid and complete(conn, leased)
         assert conn.execute(
             "SELECT r.rolname FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner"
-            " WHERE n.nspname = 'hydra'").fetchone() == (owner,)
+            " WHERE n.nspname = 'hydra'"
+        ).fetchone() == (owner,)
         conn.execute("DROP EXTENSION hydramq")
 
 
@@ -175,8 +185,9 @@ def test_create_extension_is_one_transaction(
         assert conn.execute("SELECT to_regnamespace('hydra') IS NOT NULL").fetchone() == (True,)
         conn.rollback()
         assert conn.execute("SELECT to_regnamespace('hydra')").fetchone() == (None,)
-        assert conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'hydramq'"
-                            ).fetchone() == (0,)
+        assert conn.execute(
+            "SELECT count(*) FROM pg_extension WHERE extname = 'hydramq'"
+        ).fetchone() == (0,)
 
 
 def test_queue_tables_are_marked_for_pg_dump(db: Conn) -> None:
@@ -220,7 +231,10 @@ def test_drop_extension_removes_the_schema_and_everything_in_it(
 
 
 def test_messages_survive_pg_dump_and_restore(
-    db: Conn, dsn: str, pg_server: LocalServer | None, scratch: dict[str, list[str]],
+    db: Conn,
+    dsn: str,
+    pg_server: LocalServer | None,
+    scratch: dict[str, list[str]],
     tmp_path: Path,
 ) -> None:
     if pg_server is None:
@@ -247,18 +261,26 @@ def test_messages_survive_pg_dump_and_restore(
     policies_before = db.execute("SELECT * FROM hydra.channel_policies").fetchall()
 
     dump = tmp_path / "queue.dump"
-    subprocess.run([str(pg_dump), "-Fc", "-f", str(dump), "-d", dsn],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [str(pg_dump), "-Fc", "-f", str(dump), "-d", dsn],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     target = _new_database(db, scratch)
     restored = subprocess.run(
         [str(pg_restore), "--exit-on-error", "-d", make_conninfo(dsn, dbname=target), str(dump)],
-        capture_output=True, text=True, timeout=120)
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert restored.returncode == 0, restored.stderr
 
     with psycopg.connect(make_conninfo(dsn, dbname=target), autocommit=True) as conn:
         assert conn.execute(snapshot).fetchall() == before
         assert conn.execute("SELECT * FROM hydra.dependency ORDER BY 1, 2").fetchall() == (
-            edges_before)
+            edges_before
+        )
         assert conn.execute("SELECT * FROM hydra.channel_policies").fetchall() == policies_before
         # The sequence came along: new ids continue after the old ones.
         _, fresh = enqueue(conn, {})
@@ -267,7 +289,6 @@ def test_messages_survive_pg_dump_and_restore(
         assert complete(conn, leased[parent])
         coordinate_until_quiet(conn)
         assert {m["id"] for m in dequeue(conn, batch=10)} == {child, fresh}
-
 
 
 def test_functions_that_disable_a_plan_type_also_disable_jit(db: Conn) -> None:
@@ -281,3 +302,24 @@ def test_functions_that_disable_a_plan_type_also_disable_jit(db: Conn) -> None:
     ).fetchall()
     assert len(rows) > 10
     assert [name for name, config in rows if "jit=off" not in config] == []
+
+
+def test_indexed_names_compare_bytewise(db: Conn) -> None:
+    # Queue, channel and message names are identifiers: compared byte by byte (COLLATE "C"),
+    # so their indexes never depend on the database's locale -- faster to search, and safe
+    # from an operating-system upgrade that changes a locale's sort order under an index.
+    rows = db.execute(
+        "SELECT a.attrelid::regclass::text || '.' || a.attname, c.collname FROM pg_index i"
+        "  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)"
+        "  JOIN pg_collation c ON c.oid = a.attcollation"
+        " WHERE i.indrelid IN (SELECT r.oid FROM pg_class r"
+        "                       WHERE r.relnamespace = 'hydra'::regnamespace)"
+        "   AND a.atttypid = 'text'::regtype"
+    ).fetchall()
+    assert {column for column, _ in rows} >= {
+        "hydra.message.queue",
+        "hydra.message.channel",
+        "hydra.message.name",
+        "hydra.channel_limit.channel",
+    }
+    assert sorted({column for column, coll in rows if coll != "C"}) == []
