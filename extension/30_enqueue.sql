@@ -155,6 +155,8 @@ DECLARE
     v_missing        bigint;
     v_tries          integer := 0;
     v_pending_ords   integer[];
+    v_dup_ords       integer[];
+    v_dup_ids        bigint[];
 BEGIN
     -- Validates everything, then inserts all rows in one statement; returns one row per message.
     PERFORM hydra._check_name('queue', p_queue, false);
@@ -316,21 +318,22 @@ BEGIN
 
         -- Rows that met a de-duplication name report the existing message; if that one was
         -- dequeued meanwhile (it no longer blocks the name), they are inserted on the next turn.
+        -- One look per name, in one snapshot (each row gets exactly one answer), each a probe
+        -- of the name's index entry: never a read of every named message of the queue.
         v_pending_ords := ARRAY(SELECT o.ord FROM unnest(v_pending_ords) o(ord)
                                  WHERE v_ids[o.ord] <> ALL (v_inserted));
         EXIT WHEN v_pending_ords = '{}';
+        SELECT coalesce(array_agg(o.ord) FILTER (WHERE e.id IS NOT NULL), '{}'),
+               coalesce(array_agg(e.id) FILTER (WHERE e.id IS NOT NULL), '{}'),
+               coalesce(array_agg(o.ord) FILTER (WHERE e.id IS NULL), '{}')
+          INTO v_dup_ords, v_dup_ids, v_pending_ords
+          FROM unnest(v_pending_ords) o(ord)
+          LEFT JOIN LATERAL (SELECT x.id FROM hydra.message x
+                              WHERE x.queue = p_queue AND x.name = p_names[o.ord]
+                                AND x.attempt = 0 AND x.state IN ('pending', 'ready', 'parked')
+                              LIMIT 1) e ON true;
         RETURN QUERY
-            SELECT o.ord, 'deduplicated'::text, e.id
-              FROM unnest(v_pending_ords) o(ord)
-              JOIN hydra.message e
-                ON e.queue = p_queue AND e.name = p_names[o.ord] AND e.attempt = 0
-               AND e.state IN ('pending', 'ready', 'parked');
-        v_pending_ords := ARRAY(
-            SELECT o.ord FROM unnest(v_pending_ords) o(ord)
-             WHERE NOT EXISTS (SELECT 1 FROM hydra.message e
-                                WHERE e.queue = p_queue AND e.name = p_names[o.ord]
-                                  AND e.attempt = 0
-                                  AND e.state IN ('pending', 'ready', 'parked')));
+            SELECT d.ord, 'deduplicated'::text, d.id FROM unnest(v_dup_ords, v_dup_ids) d(ord, id);
         EXIT WHEN v_pending_ords = '{}';
         IF v_tries >= 5 THEN
             RAISE EXCEPTION USING ERRCODE = '40001',

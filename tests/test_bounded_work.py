@@ -149,3 +149,33 @@ def test_dequeue_does_not_read_every_size_limited_channel(db: Conn) -> None:
     dequeue_a_batch()
     many = dequeue_a_batch()
     assert many <= some + 10, f"dequeue read {some} then {many} buffers"
+
+
+def test_deduplicating_does_not_read_every_named_message(db: Conn) -> None:
+    # Plans made while the statistics say the queue holds two named messages (a routine
+    # ANALYZE of a young queue); the names then pile up without another ANALYZE.
+    def named(first: int, count: int) -> None:
+        for start in range(first, first + count, 1_000):
+            enqueue_many(
+                db,
+                [{"payload": i, "name": f"job-{i}"} for i in range(start, start + 1_000)],
+                queue="named",
+            )
+
+    def deduplicate() -> int:
+        return buffers_of(
+            db,
+            "SELECT * FROM hydra.enqueue_many(%s::jsonb, queue => 'named')",
+            (json.dumps([{"payload": 0, "name": "job-0"}, {"payload": 0, "name": "job-1"}]),),
+        )
+
+    enqueue_many(db, [{"payload": i, "name": f"job-{i}"} for i in range(2)], queue="named")
+    db.execute("VACUUM ANALYZE hydra.message")
+    deduplicate()
+    named(2, IDLE)
+    some = deduplicate()
+    named(IDLE + 2, MORE_IDLE)
+    many = deduplicate()
+    row = db.execute("SELECT count(*) FROM hydra.message WHERE queue = 'named'").fetchone()
+    assert row == (2 + IDLE + MORE_IDLE,), "a duplicate was stored"
+    assert many <= some + 10, f"a deduplicated enqueue read {some} then {many} buffers"
