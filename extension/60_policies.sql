@@ -11,6 +11,9 @@ CREATE FUNCTION hydra._unpark(p_queue text, p_channel text, p_limit integer, p_e
 RETURNS integer
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+SET jit = off
 AS $$
 DECLARE
     v_count integer;
@@ -40,6 +43,9 @@ CREATE FUNCTION hydra.channel_policy_set(
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+SET jit = off
 AS $$
 #variable_conflict use_variable
 DECLARE
@@ -146,6 +152,9 @@ CREATE FUNCTION hydra.channel_policy_clear(channel text, queue text DEFAULT 'def
 RETURNS boolean
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+SET jit = off
 AS $$
 #variable_conflict use_variable
 DECLARE

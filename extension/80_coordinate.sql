@@ -15,6 +15,8 @@ CREATE FUNCTION hydra._expire_leases(p_batch integer)
 RETURNS SETOF hydra.event
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+SET jit = off
 AS $$
 DECLARE
     v_ids bigint[];
@@ -40,12 +42,13 @@ BEGIN
          WHERE m.id = ANY (v_ids)
            AND (m.slot_epoch IS NULL
                 OR (m.queue, m.channel) IN (
-                       SELECT cl.queue, cl.channel FROM hydra.channel_limit cl
-                        WHERE (cl.queue, cl.channel) IN (
-                                  SELECT x.queue, x.channel FROM hydra.message x
-                                   WHERE x.id = ANY (v_ids) AND x.slot_epoch IS NOT NULL)
-                        ORDER BY cl.queue, cl.channel
-                          FOR NO KEY UPDATE SKIP LOCKED)));
+                       -- One probe per channel: never a read of every limit row.
+                       SELECT cl.queue, cl.channel
+                         FROM (SELECT DISTINCT x.queue, x.channel FROM hydra.message x
+                                WHERE x.id = ANY (v_ids) AND x.slot_epoch IS NOT NULL) k
+                        CROSS JOIN LATERAL (SELECT l.queue, l.channel FROM hydra.channel_limit l
+                                             WHERE l.queue = k.queue AND l.channel = k.channel
+                                               FOR NO KEY UPDATE SKIP LOCKED) cl)));
     IF v_ids = '{}' THEN
         RETURN;
     END IF;
@@ -53,7 +56,8 @@ BEGIN
     SELECT e.*
       FROM hydra._settle_failures(v_ids, array_fill('lease expired'::text, ARRAY[cardinality(v_ids)]),
                                   array_fill(true, ARRAY[cardinality(v_ids)])) f
-      JOIN hydra.message m ON m.id = f.message_id,
+      CROSS JOIN LATERAL (SELECT x.id, x.queue, x.channel FROM hydra.message x
+                           WHERE x.id = f.message_id LIMIT 1) m,
            LATERAL (VALUES
                (CASE f.outcome WHEN 'locked' THEN 'MESSAGE_LOCKED'
                                ELSE 'MESSAGE_ATTEMPTS_EXHAUSTED' END,
@@ -84,6 +88,8 @@ CREATE FUNCTION hydra._unlock_due(p_batch integer)
 RETURNS SETOF hydra.event
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+SET jit = off
 AS $$
 DECLARE
     v_row record;
@@ -121,6 +127,8 @@ CREATE FUNCTION hydra._release_due(p_batch integer)
 RETURNS SETOF hydra.event
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+SET jit = off
 AS $$
 DECLARE
     v_row      record;
@@ -139,7 +147,9 @@ BEGIN
                  ORDER BY m.available_at, m.id
                  LIMIT p_batch
                    FOR NO KEY UPDATE SKIP LOCKED) d
-          LEFT JOIN hydra.channel_limit l ON l.queue = d.queue AND l.channel = d.channel
+          LEFT JOIN LATERAL (SELECT cl.max_size FROM hydra.channel_limit cl
+                              WHERE cl.queue = d.queue AND cl.channel = d.channel
+                              LIMIT 1) l ON true
          ORDER BY d.queue, d.channel, d.available_at, d.id
     LOOP
         IF v_row.max_size IS NOT NULL THEN
@@ -183,6 +193,8 @@ CREATE FUNCTION hydra._resolve_dependencies(p_batch integer)
 RETURNS SETOF hydra.event
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+SET jit = off
 AS $$
 DECLARE
     v_parents bigint[];
@@ -202,8 +214,8 @@ BEGIN
     FOR v_child IN
         SELECT m.id, m.queue, m.channel, m.state, m.cascade_failure, m.deps_left
           FROM hydra.message m
-         WHERE m.id IN (SELECT d.child_id FROM hydra.dependency d
-                         WHERE d.parent_id = ANY (v_parents) AND NOT d.resolved)
+         WHERE m.id = ANY (ARRAY(SELECT DISTINCT d.child_id FROM hydra.dependency d
+                                  WHERE d.parent_id = ANY (v_parents) AND NOT d.resolved))
          ORDER BY m.id
            FOR NO KEY UPDATE SKIP LOCKED
     LOOP
@@ -263,9 +275,11 @@ BEGIN
 
     -- Edges whose child no longer exists resolve silently; outcomes with no open edge left
     -- are done.
+    -- (A scalar probe per edge rather than an anti-join the planner might hash over the
+    -- whole message table.)
     UPDATE hydra.dependency d SET resolved = true
      WHERE d.parent_id = ANY (v_parents) AND NOT d.resolved
-       AND NOT EXISTS (SELECT 1 FROM hydra.message m WHERE m.id = d.child_id);
+       AND (SELECT m.id FROM hydra.message m WHERE m.id = d.child_id) IS NULL;
     DELETE FROM hydra.parent_outcome o
      WHERE o.parent_id = ANY (v_parents)
        AND NOT EXISTS (SELECT 1 FROM hydra.dependency d
@@ -309,6 +323,8 @@ CREATE FUNCTION hydra._purge_failed(p_batch integer, p_retention interval)
 RETURNS SETOF hydra.event
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+SET jit = off
 AS $$
 BEGIN
     -- Deletes with SKIP LOCKED (waits for no one).

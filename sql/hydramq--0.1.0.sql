@@ -2148,6 +2148,9 @@ CREATE FUNCTION hydra._unpark(p_queue text, p_channel text, p_limit integer, p_e
 RETURNS integer
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+SET jit = off
 AS $$
 DECLARE
     v_count integer;
@@ -2177,6 +2180,9 @@ CREATE FUNCTION hydra.channel_policy_set(
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+SET jit = off
 AS $$
 #variable_conflict use_variable
 DECLARE
@@ -2283,6 +2289,9 @@ CREATE FUNCTION hydra.channel_policy_clear(channel text, queue text DEFAULT 'def
 RETURNS boolean
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+SET jit = off
 AS $$
 #variable_conflict use_variable
 DECLARE
@@ -2544,6 +2553,8 @@ CREATE FUNCTION hydra._expire_leases(p_batch integer)
 RETURNS SETOF hydra.event
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+SET jit = off
 AS $$
 DECLARE
     v_ids bigint[];
@@ -2569,12 +2580,13 @@ BEGIN
          WHERE m.id = ANY (v_ids)
            AND (m.slot_epoch IS NULL
                 OR (m.queue, m.channel) IN (
-                       SELECT cl.queue, cl.channel FROM hydra.channel_limit cl
-                        WHERE (cl.queue, cl.channel) IN (
-                                  SELECT x.queue, x.channel FROM hydra.message x
-                                   WHERE x.id = ANY (v_ids) AND x.slot_epoch IS NOT NULL)
-                        ORDER BY cl.queue, cl.channel
-                          FOR NO KEY UPDATE SKIP LOCKED)));
+                       -- One probe per channel: never a read of every limit row.
+                       SELECT cl.queue, cl.channel
+                         FROM (SELECT DISTINCT x.queue, x.channel FROM hydra.message x
+                                WHERE x.id = ANY (v_ids) AND x.slot_epoch IS NOT NULL) k
+                        CROSS JOIN LATERAL (SELECT l.queue, l.channel FROM hydra.channel_limit l
+                                             WHERE l.queue = k.queue AND l.channel = k.channel
+                                               FOR NO KEY UPDATE SKIP LOCKED) cl)));
     IF v_ids = '{}' THEN
         RETURN;
     END IF;
@@ -2582,7 +2594,8 @@ BEGIN
     SELECT e.*
       FROM hydra._settle_failures(v_ids, array_fill('lease expired'::text, ARRAY[cardinality(v_ids)]),
                                   array_fill(true, ARRAY[cardinality(v_ids)])) f
-      JOIN hydra.message m ON m.id = f.message_id,
+      CROSS JOIN LATERAL (SELECT x.id, x.queue, x.channel FROM hydra.message x
+                           WHERE x.id = f.message_id LIMIT 1) m,
            LATERAL (VALUES
                (CASE f.outcome WHEN 'locked' THEN 'MESSAGE_LOCKED'
                                ELSE 'MESSAGE_ATTEMPTS_EXHAUSTED' END,
@@ -2613,6 +2626,8 @@ CREATE FUNCTION hydra._unlock_due(p_batch integer)
 RETURNS SETOF hydra.event
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+SET jit = off
 AS $$
 DECLARE
     v_row record;
@@ -2650,6 +2665,8 @@ CREATE FUNCTION hydra._release_due(p_batch integer)
 RETURNS SETOF hydra.event
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+SET jit = off
 AS $$
 DECLARE
     v_row      record;
@@ -2668,7 +2685,9 @@ BEGIN
                  ORDER BY m.available_at, m.id
                  LIMIT p_batch
                    FOR NO KEY UPDATE SKIP LOCKED) d
-          LEFT JOIN hydra.channel_limit l ON l.queue = d.queue AND l.channel = d.channel
+          LEFT JOIN LATERAL (SELECT cl.max_size FROM hydra.channel_limit cl
+                              WHERE cl.queue = d.queue AND cl.channel = d.channel
+                              LIMIT 1) l ON true
          ORDER BY d.queue, d.channel, d.available_at, d.id
     LOOP
         IF v_row.max_size IS NOT NULL THEN
@@ -2712,6 +2731,8 @@ CREATE FUNCTION hydra._resolve_dependencies(p_batch integer)
 RETURNS SETOF hydra.event
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+SET jit = off
 AS $$
 DECLARE
     v_parents bigint[];
@@ -2731,8 +2752,8 @@ BEGIN
     FOR v_child IN
         SELECT m.id, m.queue, m.channel, m.state, m.cascade_failure, m.deps_left
           FROM hydra.message m
-         WHERE m.id IN (SELECT d.child_id FROM hydra.dependency d
-                         WHERE d.parent_id = ANY (v_parents) AND NOT d.resolved)
+         WHERE m.id = ANY (ARRAY(SELECT DISTINCT d.child_id FROM hydra.dependency d
+                                  WHERE d.parent_id = ANY (v_parents) AND NOT d.resolved))
          ORDER BY m.id
            FOR NO KEY UPDATE SKIP LOCKED
     LOOP
@@ -2792,9 +2813,11 @@ BEGIN
 
     -- Edges whose child no longer exists resolve silently; outcomes with no open edge left
     -- are done.
+    -- (A scalar probe per edge rather than an anti-join the planner might hash over the
+    -- whole message table.)
     UPDATE hydra.dependency d SET resolved = true
      WHERE d.parent_id = ANY (v_parents) AND NOT d.resolved
-       AND NOT EXISTS (SELECT 1 FROM hydra.message m WHERE m.id = d.child_id);
+       AND (SELECT m.id FROM hydra.message m WHERE m.id = d.child_id) IS NULL;
     DELETE FROM hydra.parent_outcome o
      WHERE o.parent_id = ANY (v_parents)
        AND NOT EXISTS (SELECT 1 FROM hydra.dependency d
@@ -2838,6 +2861,8 @@ CREATE FUNCTION hydra._purge_failed(p_batch integer, p_retention interval)
 RETURNS SETOF hydra.event
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+SET jit = off
 AS $$
 BEGIN
     -- Deletes with SKIP LOCKED (waits for no one).

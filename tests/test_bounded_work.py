@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 import psycopg
-from helpers import enqueue_many
+from helpers import dequeue, enqueue_many
 
 Conn = psycopg.Connection[Any]
 
@@ -179,3 +179,61 @@ def test_deduplicating_does_not_read_every_named_message(db: Conn) -> None:
     row = db.execute("SELECT count(*) FROM hydra.message WHERE queue = 'named'").fetchone()
     assert row == (2 + IDLE + MORE_IDLE,), "a duplicate was stored"
     assert many <= some + 10, f"a deduplicated enqueue read {some} then {many} buffers"
+
+
+def test_coordinating_and_policies_do_not_read_every_message_or_channel(
+    db: Conn, connect: Any
+) -> None:
+    # A coordinator and an admin whose sessions planned while the tables were small, and a
+    # database that then grows: idle capped channels, and children waiting on a parent.
+    coordinator = connect()
+    admin = connect()
+    db.execute(
+        "SELECT hydra.channel_policy_set(channel => 'busy' || i, max_concurrency => 1) "
+        "FROM generate_series(0, %s) i",
+        (BUSY - 1,),
+    )
+    waiting_on = enqueue_many(db, [{"payload": 0}], queue="parents")
+    db.execute("VACUUM ANALYZE")
+    coordinator.execute("SELECT count(*) FROM hydra.coordinate()")
+    admin.execute("SELECT hydra.channel_policy_set(channel => 'warm-up', max_concurrency => 1)")
+
+    def grow(first: int, count: int) -> None:
+        db.execute(
+            "SELECT hydra.channel_policy_set(channel => 'idle' || i, max_concurrency => 1) "
+            "FROM generate_series(%s::integer, %s::integer) i",
+            (first, first + count - 1),
+        )
+        for _ in range(count // 1_000):
+            enqueue_many(
+                db,
+                [{"payload": 0, "depends_on": waiting_on} for _ in range(1_000)],
+                queue="children",
+            )
+
+    def measure(round_no: int) -> tuple[int, int]:
+        enqueue_many(db, [{"payload": i, "channel": f"busy{i}"} for i in range(BUSY)])
+        assert len(dequeue(db, BUSY)) == BUSY
+        db.execute(
+            "UPDATE hydra.message SET lease_expires_at = now() - interval '1 s' "
+            "WHERE state = 'processing'"
+        )
+        expire = buffers_of(coordinator, "SELECT * FROM hydra.coordinate(batch => %s)", (BATCH,))
+        policy = buffers_of(
+            admin,
+            "SELECT hydra.channel_policy_set(channel => %s, max_concurrency => 1)",
+            (f"new{round_no}",),
+        )
+        db.execute("DELETE FROM hydra.message WHERE queue = 'default'")
+        db.execute("VACUUM hydra.message")
+        db.execute("UPDATE hydra.channel_limit SET in_flight = 0 WHERE channel LIKE 'busy%'")
+        return expire, policy
+
+    grow(1, IDLE)
+    measure(1)
+    some = measure(2)
+    grow(IDLE + 1, MORE_IDLE)
+    measure(3)
+    many = measure(4)
+    for what, before, after in zip(("coordinate", "policy_set"), some, many, strict=True):
+        assert after <= before + 10, f"{what} read {before} then {after} buffers"
