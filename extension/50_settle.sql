@@ -307,6 +307,8 @@ CREATE FUNCTION hydra.heartbeat(
 RETURNS timestamptz
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+SET jit = off
 AS $$
 DECLARE
     v_deadline timestamptz;

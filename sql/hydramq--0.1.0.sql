@@ -2113,6 +2113,8 @@ CREATE FUNCTION hydra.heartbeat(
 RETURNS timestamptz
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+SET jit = off
 AS $$
 DECLARE
     v_deadline timestamptz;
@@ -2613,6 +2615,8 @@ CREATE FUNCTION hydra._make_ready(p_id bigint)
 RETURNS void
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+SET jit = off
 BEGIN ATOMIC
     UPDATE hydra.message m
        SET state = 'ready', available_at = NULL,
@@ -2653,6 +2657,8 @@ CREATE FUNCTION hydra._finish_unrun(p_id bigint, p_reason text)
 RETURNS void
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+SET jit = off
 BEGIN ATOMIC
     UPDATE hydra.message m
        SET state = 'failed', finished_at = now(), last_error = p_reason, available_at = NULL
@@ -2831,6 +2837,8 @@ CREATE FUNCTION hydra._repair_parked(p_batch integer)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+SET jit = off
 AS $$
 DECLARE
     v_limit hydra.channel_limit;

@@ -323,3 +323,16 @@ def test_indexed_names_compare_bytewise(db: Conn) -> None:
         "hydra.channel_limit.channel",
     }
     assert sorted({column for column, coll in rows if coll != "C"}) == []
+
+
+def test_functions_that_read_messages_never_plan_a_sequential_scan(db: Conn) -> None:
+    # A queue table swings from empty to millions of rows within seconds: a plan made while
+    # the statistics said "empty" must not scan the table on every later call.
+    rows = db.execute(
+        "SELECT p.oid::regprocedure::text, coalesce(p.proconfig, '{}') FROM pg_proc p"
+        " WHERE p.pronamespace = 'hydra'::regnamespace"
+        "   AND (p.prosrc ~ 'hydra\\.message\\M'"
+        "        OR pg_get_functiondef(p.oid) ~ 'hydra\\.message\\M')"
+    ).fetchall()
+    assert len(rows) > 20
+    assert [name for name, config in rows if "enable_seqscan=off" not in config] == []
