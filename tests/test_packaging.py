@@ -291,17 +291,25 @@ def test_messages_survive_pg_dump_and_restore(
         assert {m["id"] for m in dequeue(conn, batch=10)} == {child, fresh}
 
 
+def functions_lacking(db: Conn, setting: str, where: str) -> tuple[int, list[str]]:
+    """(how many hydra functions match ``where``, those of them whose SET clauses lack
+    ``setting``)."""
+    rows = db.execute(
+        "SELECT p.oid::regprocedure::text, coalesce(p.proconfig, '{}') FROM pg_proc p"
+        " WHERE p.pronamespace = 'hydra'::regnamespace AND " + where
+    ).fetchall()
+    return len(rows), [name for name, config in rows if setting not in config]
+
+
 def test_functions_that_disable_a_plan_type_also_disable_jit(db: Conn) -> None:
     # On PostgreSQL 15 a disabled plan type still costs 1e10 when nothing else can do the job
     # (a sort under a window function, say): a plan priced like that is JIT-compiled, with
     # inlining and optimisation, on every execution -- about a second per call.
-    rows = db.execute(
-        "SELECT p.oid::regprocedure::text, p.proconfig FROM pg_proc p"
-        " WHERE p.pronamespace = 'hydra'::regnamespace"
-        "   AND EXISTS (SELECT FROM unnest(p.proconfig) c WHERE c ~ '^enable_[a-z]+=off$')"
-    ).fetchall()
-    assert len(rows) > 10
-    assert [name for name, config in rows if "jit=off" not in config] == []
+    checked, lacking = functions_lacking(
+        db, "jit=off", "EXISTS (SELECT FROM unnest(p.proconfig) c WHERE c ~ '^enable_[a-z]+=off$')"
+    )
+    assert checked > 10
+    assert lacking == []
 
 
 def test_indexed_names_compare_bytewise(db: Conn) -> None:
@@ -328,11 +336,8 @@ def test_indexed_names_compare_bytewise(db: Conn) -> None:
 def test_functions_that_read_messages_never_plan_a_sequential_scan(db: Conn) -> None:
     # A queue table swings from empty to millions of rows within seconds: a plan made while
     # the statistics said "empty" must not scan the table on every later call.
-    rows = db.execute(
-        "SELECT p.oid::regprocedure::text, coalesce(p.proconfig, '{}') FROM pg_proc p"
-        " WHERE p.pronamespace = 'hydra'::regnamespace"
-        "   AND (p.prosrc ~ 'hydra\\.message\\M'"
-        "        OR pg_get_functiondef(p.oid) ~ 'hydra\\.message\\M')"
-    ).fetchall()
-    assert len(rows) > 20
-    assert [name for name, config in rows if "enable_seqscan=off" not in config] == []
+    checked, lacking = functions_lacking(
+        db, "enable_seqscan=off", "pg_get_functiondef(p.oid) ~ 'hydra\\.message\\M'"
+    )
+    assert checked > 20
+    assert lacking == []
