@@ -2741,11 +2741,12 @@ SET enable_seqscan = off
 SET jit = off
 AS $$
 DECLARE
-    v_parents bigint[];
-    v_child   record;
-    v_edge    record;
-    v_failed  bigint[];
-    v_n       integer;
+    v_parents  bigint[];
+    v_children bigint[];
+    v_child    record;
+    v_edge     record;
+    v_failed   bigint[];
+    v_n        integer;
 BEGIN
     -- Outcome rows and children are taken with SKIP LOCKED; an edge whose child is busy stays
     -- unresolved and its outcome row stays for the next call.
@@ -2755,11 +2756,16 @@ BEGIN
         RETURN;
     END IF;
 
+    -- At most p_batch children per call, however many the parents have: the rest (and the
+    -- outcome rows, kept while an edge is open) wait for the next call.
+    v_children := ARRAY(SELECT DISTINCT d.child_id FROM hydra.dependency d
+                         WHERE d.parent_id = ANY (v_parents) AND NOT d.resolved
+                         ORDER BY d.child_id
+                         LIMIT p_batch);
     FOR v_child IN
         SELECT m.id, m.queue, m.channel, m.state, m.cascade_failure, m.deps_left
           FROM hydra.message m
-         WHERE m.id = ANY (ARRAY(SELECT DISTINCT d.child_id FROM hydra.dependency d
-                                  WHERE d.parent_id = ANY (v_parents) AND NOT d.resolved))
+         WHERE m.id = ANY (v_children)
          ORDER BY m.id
            FOR NO KEY UPDATE SKIP LOCKED
     LOOP
@@ -2817,13 +2823,15 @@ BEGIN
         END IF;
     END LOOP;
 
-    -- Edges whose child no longer exists resolve silently; outcomes with no open edge left
-    -- are done.
-    -- (A scalar probe per edge rather than an anti-join the planner might hash over the
-    -- whole message table.)
-    UPDATE hydra.dependency d SET resolved = true
-     WHERE d.parent_id = ANY (v_parents) AND NOT d.resolved
-       AND (SELECT m.id FROM hydra.message m WHERE m.id = d.child_id) IS NULL;
+    -- Edges whose child no longer exists resolve silently, once the parents' children have
+    -- all been looked at (what is left open then is few); outcomes with no open edge left
+    -- are done. (A scalar probe per edge rather than an anti-join the planner might hash
+    -- over the whole message table.)
+    IF cardinality(v_children) < p_batch THEN
+        UPDATE hydra.dependency d SET resolved = true
+         WHERE d.parent_id = ANY (v_parents) AND NOT d.resolved
+           AND (SELECT m.id FROM hydra.message m WHERE m.id = d.child_id) IS NULL;
+    END IF;
     DELETE FROM hydra.parent_outcome o
      WHERE o.parent_id = ANY (v_parents)
        AND NOT EXISTS (SELECT 1 FROM hydra.dependency d

@@ -498,3 +498,30 @@ def test_producer_meeting_a_parent_mid_settlement_waits_and_sees_the_outcome(
     else:
         assert state_of(db, child) == "failed"
         assert dequeue(db) == []
+
+
+def test_a_parent_with_more_children_than_a_batch_is_handed_down_over_several_calls(
+    db: Conn,
+) -> None:
+    # coordinate(batch) bounds the children it resolves per call, not only the parents: a
+    # round takes at most batch children and a call at most 10 rounds, so a fan-out of 1,250
+    # under batch 100 takes two calls, each child resolved exactly once.
+    (_, parent) = enqueue(db, "fan-out root")
+    fan_out = [{"payload": i} for i in range(1250)]
+    children = [m for _, _, m in enqueue_many(db, fan_out, depends_on=[parent])]
+    leased = dequeue(db)
+    assert [m["id"] for m in leased] == [parent]
+    assert complete(db, leased[0])
+
+    resolved_per_call = []
+    resolved: list[int] = []
+    for _ in range(3):
+        got = [e.message_id for e in coordinate(db, batch=100)
+               if e.event == "MESSAGE_DEPENDENCY_RESOLVED"]
+        resolved_per_call.append(len(got))
+        resolved += got
+    assert resolved_per_call == [1000, 250, 0]
+    assert sorted(resolved) == sorted(children)
+    coordinate_until_quiet(db)
+    assert {state_of(db, c) for c in children} == {"ready"}
+    assert db.execute("SELECT count(*) FROM hydra.parent_outcome").fetchone() == (0,)
