@@ -49,7 +49,7 @@ CREATE SEQUENCE hydra.message_id_seq CACHE 1;
 CREATE TABLE hydra.message (
     id                  bigint      NOT NULL DEFAULT pg_catalog.nextval('hydra.message_id_seq'),
     queue               text COLLATE "C" NOT NULL,
-    channel             text COLLATE "C" NOT NULL,            -- '' is the queue's default channel
+    channel             text COLLATE "C" NOT NULL,  -- '' is the queue's default channel
     state               hydra.message_state NOT NULL,
     prio                integer     NOT NULL,            -- coalesce(priority, -2147483648)
     vtime               bigint      NOT NULL DEFAULT 0,  -- virtual time: the fair order

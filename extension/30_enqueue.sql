@@ -478,9 +478,9 @@ RETURN coalesce(pg_catalog.jsonb_path_exists(p_messages, '$[*] ? (
 
 -- enqueue_many for the common batch: no names, no parents, a queue without channel policies.
 -- One statement: unpack, check, place every message after its channel's tail (_next_vtimes:
--- one probe per distinct channel and priority, one head probe per priority) and insert. Returns NULL when an
--- element needs the general path after all (an integer option written as 1.0), so that the
--- caller's precise checks report it.
+-- one probe per distinct channel and priority, one head probe per priority) and insert.
+-- Returns NULL when an element needs the general path after all (an integer option written
+-- as 1.0), so that the caller's precise checks report it.
 CREATE FUNCTION hydra._enqueue_plain_batch(
     p_queue          text,
     p_messages       jsonb,

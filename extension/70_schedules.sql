@@ -7,7 +7,7 @@
 
 CREATE TABLE hydra.schedule (
     queue               text COLLATE "C" NOT NULL,
-    channel             text COLLATE "C" NOT NULL DEFAULT '',   -- '' is the default channel
+    channel             text COLLATE "C" NOT NULL DEFAULT '',  -- '' is the default channel
     name                text COLLATE "C" NOT NULL,
     cron                text        NOT NULL,
     tz                  text        NOT NULL,              -- canonical IANA name

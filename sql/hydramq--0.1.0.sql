@@ -53,7 +53,7 @@ CREATE SEQUENCE hydra.message_id_seq CACHE 1;
 CREATE TABLE hydra.message (
     id                  bigint      NOT NULL DEFAULT pg_catalog.nextval('hydra.message_id_seq'),
     queue               text COLLATE "C" NOT NULL,
-    channel             text COLLATE "C" NOT NULL,            -- '' is the queue's default channel
+    channel             text COLLATE "C" NOT NULL,  -- '' is the queue's default channel
     state               hydra.message_state NOT NULL,
     prio                integer     NOT NULL,            -- coalesce(priority, -2147483648)
     vtime               bigint      NOT NULL DEFAULT 0,  -- virtual time: the fair order
@@ -1284,9 +1284,9 @@ RETURN coalesce(pg_catalog.jsonb_path_exists(p_messages, '$[*] ? (
 
 -- enqueue_many for the common batch: no names, no parents, a queue without channel policies.
 -- One statement: unpack, check, place every message after its channel's tail (_next_vtimes:
--- one probe per distinct channel and priority, one head probe per priority) and insert. Returns NULL when an
--- element needs the general path after all (an integer option written as 1.0), so that the
--- caller's precise checks report it.
+-- one probe per distinct channel and priority, one head probe per priority) and insert.
+-- Returns NULL when an element needs the general path after all (an integer option written
+-- as 1.0), so that the caller's precise checks report it.
 CREATE FUNCTION hydra._enqueue_plain_batch(
     p_queue          text,
     p_messages       jsonb,
@@ -2329,7 +2329,7 @@ SELECT l.queue, NULLIF(l.channel, '') AS channel, l.max_concurrency, l.max_size,
 
 CREATE TABLE hydra.schedule (
     queue               text COLLATE "C" NOT NULL,
-    channel             text COLLATE "C" NOT NULL DEFAULT '',   -- '' is the default channel
+    channel             text COLLATE "C" NOT NULL DEFAULT '',  -- '' is the default channel
     name                text COLLATE "C" NOT NULL,
     cron                text        NOT NULL,
     tz                  text        NOT NULL,              -- canonical IANA name

@@ -1,12 +1,13 @@
 """Work per call must not grow with unrelated data. A queue may hold very many capped channels
 (SPEC §2: channels cost nothing; §5 caps) and very many messages waiting on parents (§7): an
-enqueue, a dequeue, a completion and a slot release touch the rows of the messages and channels they
-serve, never every capped channel or every waiting edge. Measured as the shared buffers the
-calls read (EXPLAIN ANALYZE counts the statements the functions run)."""
+enqueue, a dequeue, a completion and a slot release touch the rows of the messages and
+channels they serve, never every capped channel or every waiting edge. Measured as the shared
+buffers the calls read (EXPLAIN ANALYZE counts the statements the functions run)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -30,6 +31,44 @@ def buffers_of(conn: Conn, statement: str, params: tuple[Any, ...]) -> int:
     return int(plan["Shared Hit Blocks"]) + int(plan["Shared Read Blocks"])
 
 
+def set_policies(conn: Conn, prefix: str, first: int, count: int, limit: str) -> None:
+    """``channel_policy_set(channel => prefix || i, <limit> => ...)`` for i in first..first+count-1;
+    ``limit`` is the named arguments, e.g. ``max_concurrency => 1``."""
+    conn.execute(
+        f"SELECT hydra.channel_policy_set(channel => %s || i, {limit}) "
+        "FROM generate_series(%s::integer, %s::integer) i",
+        (prefix, first, first + count - 1),
+    )
+
+
+def enqueue_in_thousands(
+    conn: Conn, count: int, message: Callable[[int], dict[str, Any]], queue: str
+) -> None:
+    """Enqueues ``message(i)`` for i in range(count), a thousand per call."""
+    for start in range(0, count, 1_000):
+        enqueue_many(conn, [message(i) for i in range(start, start + 1_000)], queue=queue)
+
+
+def complete_buffers(conn: Conn, leased: list[tuple[Any, ...]]) -> int:
+    """Buffers read by ``complete_many`` of (id, lease_token) rows."""
+    return buffers_of(
+        conn,
+        "SELECT * FROM hydra.complete_many(%s, %s)",
+        ([r[0] for r in leased], [r[1] for r in leased]),
+    )
+
+
+def clear_busy_channels(conn: Conn) -> None:
+    """The next round starts from empty busy channels, with no dead entries of earlier ones."""
+    conn.execute("DELETE FROM hydra.message WHERE queue = 'default'")
+    conn.execute("VACUUM hydra.message")
+    conn.execute("UPDATE hydra.channel_limit SET in_flight = 0 WHERE channel LIKE 'busy%'")
+
+
+def assert_flat(what: str, before: int, after: int) -> None:
+    assert after <= before + 10, f"{what} read {before} then {after} buffers"
+
+
 def one_round(conn: Conn) -> tuple[int, int, int]:
     """Buffers read by (refilling the busy channels, dequeuing a batch, releasing it)."""
     refill = [{"payload": i, "channel": f"busy{i % BUSY}"} for i in range(3 * BUSY)]
@@ -47,33 +86,19 @@ def one_round(conn: Conn) -> tuple[int, int, int]:
         "SELECT id, lease_token FROM hydra.message WHERE state = 'processing' ORDER BY id"
     ).fetchall()
     assert [r[0] for r in leased] == ids, "the dequeue under EXPLAIN leased what it should"
-    released = buffers_of(
-        conn,
-        "SELECT * FROM hydra.complete_many(%s, %s)",
-        ([r[0] for r in leased], [r[1] for r in leased]),
-    )
-    conn.execute("DELETE FROM hydra.message")  # next round starts from empty channels
-    conn.execute("VACUUM hydra.message")  # and finds no dead entries of earlier rounds
-    conn.execute("UPDATE hydra.channel_limit SET in_flight = 0 WHERE channel LIKE 'busy%'")
+    released = complete_buffers(conn, leased)
+    clear_busy_channels(conn)
     return put, took, released
 
 
 def add_idle_channels(conn: Conn, first: int, count: int) -> None:
-    conn.execute(
-        "SELECT hydra.channel_policy_set(channel => 'idle' || i, max_concurrency => 1) "
-        "FROM generate_series(%s::integer, %s::integer) i",
-        (first, first + count - 1),
-    )
+    set_policies(conn, "idle", first, count, "max_concurrency => 1")
     conn.execute("VACUUM ANALYZE hydra.channel_limit")
     one_round(conn)  # plans made again after the statistics changed: later rounds read none
 
 
 def test_capped_dequeue_and_release_do_not_read_every_capped_channel(db: Conn) -> None:
-    db.execute(
-        "SELECT hydra.channel_policy_set(channel => 'busy' || i, max_concurrency => 1) "
-        "FROM generate_series(0, %s) i",
-        (BUSY - 1,),
-    )
+    set_policies(db, "busy", 0, BUSY, "max_concurrency => 1")
     add_idle_channels(db, 1, IDLE)
     some = one_round(db)
     add_idle_channels(db, IDLE + 1, MORE_IDLE)
@@ -82,7 +107,7 @@ def test_capped_dequeue_and_release_do_not_read_every_capped_channel(db: Conn) -
     # 15,000 more limit rows fill some 300 heap and index pages: reading them would show
     # here. Probing the busy channels' rows reads the same few pages as before.
     for what, before, after in zip(("enqueue", "dequeue", "release"), some, many, strict=True):
-        assert after <= before + 10, f"{what} read {before} then {after} buffers"
+        assert_flat(what, before, after)
 
 
 def test_completing_does_not_read_every_waiting_edge(db: Conn, connect: Any) -> None:
@@ -98,19 +123,12 @@ def test_completing_does_not_read_every_waiting_edge(db: Conn, connect: Any) -> 
             "SELECT id, lease_token FROM hydra.dequeue(queue => 'plain', batch => %s)", (BATCH,)
         ).fetchall()
         assert len(leased) == BATCH
-        return buffers_of(
-            worker,
-            "SELECT * FROM hydra.complete_many(%s, %s)",
-            ([r[0] for r in leased], [r[1] for r in leased]),
-        )
+        return complete_buffers(worker, leased)
 
     def add_edges(count: int) -> None:
-        for _ in range(count // 1_000):
-            enqueue_many(
-                db,
-                [{"payload": i, "depends_on": [parents[i % 200]]} for i in range(1_000)],
-                queue="dag",
-            )
+        enqueue_in_thousands(
+            db, count, lambda i: {"payload": i, "depends_on": [parents[i % 200]]}, "dag"
+        )
 
     complete_a_batch()
     parents = enqueue_many(db, [{"payload": i} for i in range(200)], queue="dag")
@@ -122,17 +140,13 @@ def test_completing_does_not_read_every_waiting_edge(db: Conn, connect: Any) -> 
 
     # 15,000 more unresolved edges fill some fifty pages of their index (both sizes keep it,
     # and the message table's key, two levels deep).
-    assert many <= some + 10, f"complete read {some} then {many} buffers"
+    assert_flat("complete", some, many)
 
 
 def test_dequeue_does_not_read_every_size_limited_channel(db: Conn) -> None:
     # Size limits only (no cap): every dequeue still asks whether the queue caps a channel.
     def sized(first: int, count: int) -> None:
-        db.execute(
-            "SELECT hydra.channel_policy_set(channel => 'sized' || i, max_size => 10) "
-            "FROM generate_series(%s::integer, %s::integer) i",
-            (first, first + count - 1),
-        )
+        set_policies(db, "sized", first, count, "max_size => 10")
         db.execute("VACUUM ANALYZE hydra.channel_limit")
 
     def dequeue_a_batch() -> int:
@@ -148,19 +162,16 @@ def test_dequeue_does_not_read_every_size_limited_channel(db: Conn) -> None:
     sized(IDLE + 1, MORE_IDLE)
     dequeue_a_batch()
     many = dequeue_a_batch()
-    assert many <= some + 10, f"dequeue read {some} then {many} buffers"
+    assert_flat("dequeue", some, many)
 
 
 def test_deduplicating_does_not_read_every_named_message(db: Conn) -> None:
     # Plans made while the statistics say the queue holds two named messages (a routine
     # ANALYZE of a young queue); the names then pile up without another ANALYZE.
     def named(first: int, count: int) -> None:
-        for start in range(first, first + count, 1_000):
-            enqueue_many(
-                db,
-                [{"payload": i, "name": f"job-{i}"} for i in range(start, start + 1_000)],
-                queue="named",
-            )
+        enqueue_in_thousands(
+            db, count, lambda i: {"payload": i, "name": f"job-{first + i}"}, "named"
+        )
 
     def deduplicate() -> int:
         return buffers_of(
@@ -178,7 +189,7 @@ def test_deduplicating_does_not_read_every_named_message(db: Conn) -> None:
     many = deduplicate()
     row = db.execute("SELECT count(*) FROM hydra.message WHERE queue = 'named'").fetchone()
     assert row == (2 + IDLE + MORE_IDLE,), "a duplicate was stored"
-    assert many <= some + 10, f"a deduplicated enqueue read {some} then {many} buffers"
+    assert_flat("a deduplicated enqueue", some, many)
 
 
 def test_coordinating_and_policies_do_not_read_every_message_or_channel(
@@ -188,28 +199,17 @@ def test_coordinating_and_policies_do_not_read_every_message_or_channel(
     # database that then grows: idle capped channels, and children waiting on a parent.
     coordinator = connect()
     admin = connect()
-    db.execute(
-        "SELECT hydra.channel_policy_set(channel => 'busy' || i, max_concurrency => 1) "
-        "FROM generate_series(0, %s) i",
-        (BUSY - 1,),
-    )
+    set_policies(db, "busy", 0, BUSY, "max_concurrency => 1")
     waiting_on = enqueue_many(db, [{"payload": 0}], queue="parents")
     db.execute("VACUUM ANALYZE")
     coordinator.execute("SELECT count(*) FROM hydra.coordinate()")
     admin.execute("SELECT hydra.channel_policy_set(channel => 'warm-up', max_concurrency => 1)")
 
     def grow(first: int, count: int) -> None:
-        db.execute(
-            "SELECT hydra.channel_policy_set(channel => 'idle' || i, max_concurrency => 1) "
-            "FROM generate_series(%s::integer, %s::integer) i",
-            (first, first + count - 1),
+        set_policies(db, "idle", first, count, "max_concurrency => 1")
+        enqueue_in_thousands(
+            db, count, lambda i: {"payload": 0, "depends_on": waiting_on}, "children"
         )
-        for _ in range(count // 1_000):
-            enqueue_many(
-                db,
-                [{"payload": 0, "depends_on": waiting_on} for _ in range(1_000)],
-                queue="children",
-            )
 
     def measure(round_no: int) -> tuple[int, int]:
         enqueue_many(db, [{"payload": i, "channel": f"busy{i}"} for i in range(BUSY)])
@@ -224,9 +224,7 @@ def test_coordinating_and_policies_do_not_read_every_message_or_channel(
             "SELECT hydra.channel_policy_set(channel => %s, max_concurrency => 1)",
             (f"new{round_no}",),
         )
-        db.execute("DELETE FROM hydra.message WHERE queue = 'default'")
-        db.execute("VACUUM hydra.message")
-        db.execute("UPDATE hydra.channel_limit SET in_flight = 0 WHERE channel LIKE 'busy%'")
+        clear_busy_channels(db)
         return expire, policy
 
     grow(1, IDLE)
@@ -236,4 +234,4 @@ def test_coordinating_and_policies_do_not_read_every_message_or_channel(
     measure(3)
     many = measure(4)
     for what, before, after in zip(("coordinate", "policy_set"), some, many, strict=True):
-        assert after <= before + 10, f"{what} read {before} then {after} buffers"
+        assert_flat(what, before, after)
