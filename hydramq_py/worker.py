@@ -74,6 +74,7 @@ class WorkerStats:
     succeeded: int = 0
     failed: int = 0  # attempts that failed (retried or not)
     stale: int = 0  # acknowledgements refused because the lease was lost
+    notified: int = 0  # idle waits ended by an enqueue's NOTIFY (not by the poll timer)
 
 
 class Worker:
@@ -192,12 +193,13 @@ class Worker:
             self.stopper.remove_signal_handlers()
         s = self.stats
         log.info(
-            "%s: stopped (dequeued=%d, succeeded=%d, failed=%d, stale=%d)",
+            "%s: stopped (dequeued=%d, succeeded=%d, failed=%d, stale=%d, notified=%d)",
             self.name,
             s.dequeued,
             s.succeeded,
             s.failed,
             s.stale,
+            s.notified,
         )
         return code
 
@@ -260,7 +262,9 @@ class Worker:
                 # registration sent no NOTIFY, so look once more before waiting.
                 return True
             if self._listener.registered:
-                return await self._listener.wait(timeout)
+                notified = await self._listener.wait(timeout)
+                self.stats.notified += notified
+                return notified
         await self.stopper.sleep(timeout)
         return False
 

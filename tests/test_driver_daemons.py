@@ -261,10 +261,12 @@ def test_worker_survives_its_database_connections_being_killed(
 
 
 @pytest.mark.parametrize("listen", [True, False], ids=["listen", "polling"])
-def test_idle_worker_picks_up_a_new_message_promptly(
+def test_idle_worker_picks_up_new_messages_woken_by_notify_or_by_polling(
     db: Conn, spawn: Callable[..., Daemon], tmp_path: Path, listen: bool
 ) -> None:
-    args = ["worker", "driver_tasks:handle", "--poll-max", "0.5"]
+    # How fast a wake-up is, is measured by `make bench` (latency); this checks how it happens.
+    # Listening, polls are rare (up to 30 s apart), so that a poll seldom finds a message first.
+    args = ["worker", "driver_tasks:handle", "--poll-max", "30" if listen else "0.5"]
     if not listen:
         args.append("--no-listen")
     w = spawn(*args, name="worker")
@@ -276,20 +278,22 @@ def test_idle_worker_picks_up_a_new_message_promptly(
     else:
         time.sleep(1.0)
         assert (db.execute(waiting).fetchone() or [0])[0] == 0
-    latencies = []
     for i in range(5):
-        time.sleep(0.7)  # let the poll interval grow to its maximum
-        t0 = time.monotonic()
+        if listen:
+            # Each enqueue claims the registration it wakes; wait for the next one.
+            wait_until(lambda: (db.execute(waiting).fetchone() or [0])[0] == 1, 10,
+                       "the worker to register as idle again")
         Client(db).enqueue({"i": i})
-        wait_until(lambda n=i + 1: len(starts(tmp_path)) == n, 5, "the handler to start",
-                   interval=0.002)
-        latencies.append(time.monotonic() - t0)
+        wait_until(lambda n=i + 1: len(starts(tmp_path)) == n, 10, "the handler to start",
+                   interval=0.01)
     w.signal(signal.SIGTERM)
     assert w.wait(20) == 0, w.log
+    found = re.search(r"notified=(\d+)", w.log)
+    assert found, w.log
     if listen:
-        assert sorted(latencies)[2] < 0.2, latencies  # woken by NOTIFY, not by the 0.5 s poll
+        assert int(found[1]) >= 5, w.log  # every message woke it by NOTIFY
     else:
-        assert max(latencies) < 1.5, latencies
+        assert int(found[1]) == 0, w.log
 
 
 def test_processes_option_runs_several_workers_and_stops_them_all(
