@@ -156,6 +156,36 @@ def test_both_paths_reject_a_bad_element_alike_and_write_nothing(db: Conn, eleme
     assert snapshot(db) == before
 
 
+WRONG_JSON = [
+    ('1', "messages[2]: must be an object"),
+    ('{"channel": "a"}', 'messages[2]: has no "payload" key'),
+    ('{"payload": 1, "colour": "red"}', "messages[2].colour: unknown key"),
+    ('{"payload": 1, "channel": 5}', "messages[2].channel: must be a string"),
+    ('{"payload": 1, "priority": "3"}', "messages[2].priority: must be an integer"),
+    ('{"payload": 1, "num_attempts": true}', "messages[2].num_attempts: must be an integer"),
+    ('{"payload": 1, "lock_secs": "5"}', "messages[2].lock_secs: must be a number"),
+    ('{"payload": 1, "lock_secs_factor": [2]}', "messages[2].lock_secs_factor: must be a number"),
+    ('{"payload": 1, "delay_secs": {}}', "messages[2].delay_secs: must be a number"),
+    ('{"payload": 1, "max_processing_secs": "1"}',
+     "messages[2].max_processing_secs: must be a number"),
+    ('{"payload": 1, "cascade_failure": 1}', "messages[2].cascade_failure: must be a boolean"),
+]
+
+
+@pytest.mark.parametrize(("element", "message"), WRONG_JSON)
+def test_an_element_of_the_wrong_json_shape_leaves_the_plain_path_and_is_named(
+    db: Conn, element: str, message: str
+) -> None:
+    # The plain path's gate must send it to the general path's precise checks, not cast it.
+    before = snapshot(db)
+    with pytest.raises(psycopg.DataError) as raised:
+        batch = f'[{{"payload": 0}}, {element}]'
+        db.execute("SELECT * FROM hydra.enqueue_many(%s::jsonb)", (batch,))
+    assert raised.value.sqlstate == "22023"
+    assert raised.value.diag.message_primary == message
+    assert snapshot(db) == before
+
+
 def test_a_batch_into_a_queue_with_a_channel_policy_still_respects_the_cap(db: Conn) -> None:
     db.execute("SELECT hydra.channel_policy_set('a', max_concurrency => 1, queue => %s)", (FAST,))
     run_many(db, FAST, [{"payload": i, "channel": "a"} for i in range(3)], {})
