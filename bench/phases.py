@@ -78,12 +78,16 @@ def purge_hydramq(conn: psycopg.Connection) -> None:
     conn.execute("TRUNCATE hydra.message CASCADE")
 
 
+# The baseline table each baseline drain system uses (baselines.py).
+BASELINE_TABLES = {"lease": "lq", "delete": "dq", "place_lease": "lq_new"}
+
+
 def leftover(conn: psycopg.Connection, system: str) -> int | None:
     """Messages still stored after a drain (should be 0); None when it cannot be told."""
-    table = {"lease": "bench_base.lq", "delete": "bench_base.dq"}.get(system)
+    table = BASELINE_TABLES.get(system)
     try:
         if table:
-            row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+            row = conn.execute(f"SELECT count(*) FROM bench_base.{table}").fetchone()
         else:
             row = conn.execute("SELECT count(*) FROM hydra.message WHERE queue = %s",
                                (QUEUE,)).fetchone()
@@ -185,10 +189,8 @@ def run_drain(ctx: Context, conn: psycopg.Connection, shape: Shape, system: str,
     sysobj = DRAIN_SYSTEMS[system]
     label = f"{shape.name} {sysobj.label} r{round_no + 1}"
     ctx.progress.start(label)
-    if system == "lease":
-        baselines.reset(conn, "lq")
-    elif system == "delete":
-        baselines.reset(conn, "dq")
+    if system in BASELINE_TABLES:
+        baselines.reset(conn, BASELINE_TABLES[system])
     if system == "hydramq" and shape.capped:
         for c in range(shape.channels):  # one policy change per transaction (60_policies)
             conn.execute(HYDRA_POLICY_SET, (f"{shape.prefix}{c}", 1, QUEUE))
@@ -219,7 +221,7 @@ def run_drain(ctx: Context, conn: psycopg.Connection, shape: Shape, system: str,
         if left:
             purge_hydramq(conn)
     elif left:
-        baselines.reset(conn, "lq" if system == "lease" else "dq")
+        baselines.reset(conn, BASELINE_TABLES[system])
     status = f"{res.rate:>9,.0f} msgs/s  ({res.messages:,} in {res.seconds:.2f}s)"
     if res.retries:
         status += "  retried: " + ", ".join(f"{n} {k}" for k, n in res.retries.items())
@@ -287,10 +289,10 @@ def run_enqueue(ctx: Context, conn: psycopg.Connection, kind: str, system: str,
                 producer: str, round_no: int) -> RunResult:
     seconds = ctx.sizes.enqueue_seconds
     ctx.progress.start(f"enqueue {kind} {system} r{round_no + 1}")
-    if system == "hydramq":
-        purge_hydramq(conn)
-    else:
+    if system == "plain":
         baselines.reset(conn, "plain")
+    else:  # hydramq, or hydramq's rows inserted bare
+        purge_hydramq(conn)
     settle(conn)
     if ctx.stats:
         conn.execute("SELECT pg_stat_statements_reset()")

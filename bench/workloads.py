@@ -55,11 +55,29 @@ LQ_DEQUEUE = ("UPDATE bench_base.lq SET status = 'processing', token = gen_rando
 LQ_COMPLETE = ("DELETE FROM bench_base.lq WHERE (id, token) IN ("
                "SELECT * FROM unnest(%s::bigint[], %s::uuid[]))")
 
+# Leasing queue that places its messages after enqueue (bounds phase; baselines.py).
+LQ_NEW_FILL = ("INSERT INTO bench_base.lq_new (channel, payload, status) "
+               "SELECT m->>'channel', m->'payload', 'new' "
+               "FROM jsonb_array_elements(%s::jsonb) AS m")
+LQ_NEW_DEQUEUE = "SELECT id, token FROM bench_base.place_then_lease(%s)"
+LQ_NEW_COMPLETE = ("DELETE FROM bench_base.lq_new WHERE (id, token) IN ("
+                   "SELECT * FROM unnest(%s::bigint[], %s::uuid[]))")
+
 # Enqueue baseline: one row per transaction / 100 rows per statement.
 PLAIN_INSERT_ONE = ("INSERT INTO bench_base.plain (channel, payload) "
                     "VALUES ('c' || %s::int, '{\"n\":1}'::jsonb)")
 PLAIN_INSERT_MANY = ("INSERT INTO bench_base.plain (channel, payload) "
                      "SELECT m->>'channel', m->'payload' FROM jsonb_array_elements(%s::jsonb) AS m")
+
+# hydramq's own row, inserted directly (bounds phase): what placing at enqueue costs at least
+# with hydramq's indexes, before any check, probe or fairness work.
+BARE_COLUMNS = ("hydra.message (queue, channel, state, prio, vtime, num_attempts, "
+                "cascade_failure, lock_secs, lock_secs_factor, max_processing_secs, payload)")
+BARE_INSERT_ONE = (f"INSERT INTO {BARE_COLUMNS} VALUES (%s, 'c' || %s::int, 'ready', "
+                   "-2147483648, 0, 1, true, 5, 2, 3600, '{\"n\":1}'::jsonb)")
+BARE_INSERT_MANY = (f"INSERT INTO {BARE_COLUMNS} SELECT %s, m->>'channel', 'ready', "
+                    "-2147483648, 0, 1, true, 5, 2, 3600, m->'payload' "
+                    "FROM jsonb_array_elements(%s::jsonb) AS m")
 
 
 @dataclass(frozen=True)
@@ -110,6 +128,8 @@ DRAIN_SYSTEMS: dict[str, DrainSystem] = {
     "hydramq": DrainSystem("hydramq", "hydramq", HYDRA_FILL, HYDRA_DEQUEUE, HYDRA_COMPLETE),
     "lease": DrainSystem("lease", "leasing queue", LQ_FILL, LQ_DEQUEUE, LQ_COMPLETE),
     "delete": DrainSystem("delete", "delete queue", DQ_FILL, DQ_DEQUEUE, None),
+    "place_lease": DrainSystem("place_lease", "placing leasing queue", LQ_NEW_FILL,
+                               LQ_NEW_DEQUEUE, LQ_NEW_COMPLETE),
 }
 
 
@@ -129,6 +149,10 @@ class Producer:
             conn.execute(HYDRA_ENQUEUE_MANY, (docs[k % len(docs)], QUEUE)).fetchall()
         elif self.name == "plain_many":
             conn.execute(PLAIN_INSERT_MANY, (docs[k % len(docs)],))
+        elif self.name == "bare_one":
+            conn.execute(BARE_INSERT_ONE, (QUEUE, k % 1000))
+        elif self.name == "bare_many":
+            conn.execute(BARE_INSERT_MANY, (QUEUE, docs[k % len(docs)]))
         else:
             raise ValueError(f"unknown producer {self.name!r}")
         return self.per_call
@@ -139,6 +163,8 @@ PRODUCERS: dict[str, Producer] = {
     "plain_one": Producer("plain_one", 1),
     "hydramq_many": Producer("hydramq_many", 100),
     "plain_many": Producer("plain_many", 100),
+    "bare_one": Producer("bare_one", 1),
+    "bare_many": Producer("bare_many", 100),
 }
 
 
