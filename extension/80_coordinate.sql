@@ -311,16 +311,30 @@ AS $$
 DECLARE
     v_limit hydra.channel_limit;
 BEGIN
-    -- Limit rows with SKIP LOCKED: a busy channel is being served by its own releases.
+    -- The channels that have parked messages, one index probe each (a skip scan, in
+    -- (queue, channel) order): the work grows with those channels, not with their backlogs
+    -- nor with idle capped channels. Limit rows with SKIP LOCKED: a busy channel is being
+    -- served by its own releases.
     FOR v_limit IN
-        SELECT l.* FROM hydra.channel_limit l
-         WHERE l.max_concurrency > l.in_flight
-           AND EXISTS (SELECT 1 FROM hydra.message m
-                        WHERE m.queue = l.queue AND m.channel = l.channel
-                          AND m.state = 'parked')
-         ORDER BY l.queue, l.channel
+        WITH RECURSIVE parked (queue, channel) AS (
+            (SELECT m.queue, m.channel FROM hydra.message m
+              WHERE m.state = 'parked'
+              ORDER BY m.queue, m.channel LIMIT 1)
+            UNION ALL
+            SELECT n.queue, n.channel
+              FROM parked p
+             CROSS JOIN LATERAL (SELECT m.queue, m.channel FROM hydra.message m
+                                  WHERE m.state = 'parked'
+                                    AND (m.queue, m.channel) > (p.queue, p.channel)
+                                  ORDER BY m.queue, m.channel LIMIT 1) n
+        )
+        SELECT l.*
+          FROM parked p
+         CROSS JOIN LATERAL (SELECT * FROM hydra.channel_limit x
+                              WHERE x.queue = p.queue AND x.channel = p.channel
+                                AND x.max_concurrency > x.in_flight
+                                FOR NO KEY UPDATE SKIP LOCKED) l
          LIMIT p_batch
-           FOR NO KEY UPDATE SKIP LOCKED
     LOOP
         UPDATE hydra.channel_limit l
            SET in_flight = l.in_flight + hydra._unpark(v_limit.queue, v_limit.channel,

@@ -235,3 +235,37 @@ def test_coordinating_and_policies_do_not_read_every_message_or_channel(
     many = measure(4)
     for what, before, after in zip(("coordinate", "policy_set"), some, many, strict=True):
         assert_flat(what, before, after)
+
+
+def test_repairing_parked_messages_reads_neither_their_backlogs_nor_idle_channels(
+    db: Conn, connect: Any
+) -> None:
+    # Busy capped channels hold parked messages behind a full slot (nothing to repair) while
+    # their backlogs deepen and idle capped channels, each with a free slot, multiply:
+    # coordinate()'s look for parked messages beside a free slot reads the channels that have
+    # parked messages, once each. (Both sizes keep the indexes read equally deep.)
+    coordinator = connect()
+    set_policies(db, "busy", 0, BUSY, "max_concurrency => 1")
+    enqueue_many(db, [{"payload": i, "channel": f"busy{i % BUSY}"} for i in range(BUSY)])
+    assert len(dequeue(db, BUSY)) == BUSY
+
+    def grow(first: int, count: int, backlog: int) -> None:
+        enqueue_in_thousands(
+            db, backlog, lambda i: {"payload": i, "channel": f"busy{i % BUSY}"}, "default"
+        )
+        set_policies(db, "idle", first, count, "max_concurrency => 1")
+        db.execute("VACUUM ANALYZE")
+
+    def measure() -> int:
+        return buffers_of(coordinator, "SELECT * FROM hydra.coordinate(batch => %s)", (BATCH,))
+
+    # Backlogs of 1,000 then 4,000 parked messages keep the parked index two levels deep.
+    grow(1, IDLE, 1_000)
+    measure()  # plans made again after the statistics changed: the next call reads none
+    some = measure()
+    grow(IDLE + 1, MORE_IDLE, 3_000)
+    measure()
+    many = measure()
+    parked = db.execute("SELECT count(*) FROM hydra.message WHERE state = 'parked'").fetchone()
+    assert parked == (4_000,)  # nothing was due for repair
+    assert_flat("coordinate", some, many)

@@ -384,3 +384,32 @@ def test_capping_a_channel_never_deadlocks_with_a_completing_worker(db: Conn, co
     capping.join(10)
     completing.join(10)
     assert cap_violations(db) == []
+
+
+def test_coordinate_gives_parked_messages_a_free_slot_a_batch_of_channels_at_a_time(
+    db: Conn,
+) -> None:
+    # Parked messages beside a free slot are what a slot release that met a busy limit row
+    # leaves behind. Made here by widening the caps behind the API's back; coordinate()
+    # un-parks up to the free slots of each channel, at most batch channels per call, in
+    # channel order, and leaves channels without a free slot alone.
+    for c in ("a", "b", "c", "full"):
+        set_policy(db, c, 1)
+    enqueue_many(db, [{"payload": i, "channel": c} for c in ("a", "b", "c", "full")
+                      for i in range(4)])
+    assert sorted(channels_of(dequeue(db, 10))) == ["a", "b", "c", "full"]
+    db.execute("UPDATE hydra.channel_limit SET max_concurrency = 3 WHERE channel <> 'full'")
+
+    def ready() -> dict[str, int]:
+        rows = db.execute("SELECT channel, count(*) FROM hydra.message WHERE state = 'ready'"
+                          " GROUP BY channel").fetchall()
+        return dict(rows)
+
+    db.execute("SELECT count(*) FROM hydra.coordinate(batch => 2)")
+    assert ready() == {"a": 2, "b": 2}
+    db.execute("SELECT count(*) FROM hydra.coordinate(batch => 2)")
+    assert ready() == {"a": 2, "b": 2, "c": 2}
+    assert in_flight(db) == {"a": 3, "b": 3, "c": 3, "full": 1}
+    # The slots so taken are real: dequeues lease the un-parked messages, and no more.
+    assert Counter(channels_of(drain_leases(db))) == {"a": 2, "b": 2, "c": 2}
+    assert cap_violations(db) == []
