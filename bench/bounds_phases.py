@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
-from common import Context, median, ratio
+from common import Context, fmt_rate, fmt_ratio, median, ratio
 from phases import Shape, guarded, phase, purge_hydramq, rotated, run_drain, run_enqueue
 
 ENQUEUE_PAIRS = {
@@ -62,7 +62,5 @@ def bounds_phase(ctx: Context) -> None:
 
 
 def _row(label: str, bound: float | None, base: float | None, target: float) -> dict[str, Any]:
-    r = ratio(bound, base)
-    return {"bound": label, "msgs_per_s": "n/a" if bound is None else f"{bound:,.0f}",
-            "baseline": "n/a" if base is None else f"{base:,.0f}",
-            "ratio": "n/a" if r is None else f"{r:.2f}", "target_it_caps": f">= {target}"}
+    return {"bound": label, "msgs_per_s": fmt_rate(bound), "baseline": fmt_rate(base),
+            "ratio": fmt_ratio(ratio(bound, base)), "target_it_caps": f">= {target}"}

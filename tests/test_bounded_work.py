@@ -65,6 +65,11 @@ def clear_busy_channels(conn: Conn) -> None:
     conn.execute("UPDATE hydra.channel_limit SET in_flight = 0 WHERE channel LIKE 'busy%'")
 
 
+def coordinate_buffers(conn: Conn) -> int:
+    """Buffers read by one ``coordinate(batch => BATCH)`` call."""
+    return buffers_of(conn, "SELECT * FROM hydra.coordinate(batch => %s)", (BATCH,))
+
+
 def assert_flat(what: str, before: int, after: int) -> None:
     assert after <= before + 10, f"{what} read {before} then {after} buffers"
 
@@ -218,7 +223,7 @@ def test_coordinating_and_policies_do_not_read_every_message_or_channel(
             "UPDATE hydra.message SET lease_expires_at = now() - interval '1 s' "
             "WHERE state = 'processing'"
         )
-        expire = buffers_of(coordinator, "SELECT * FROM hydra.coordinate(batch => %s)", (BATCH,))
+        expire = coordinate_buffers(coordinator)
         policy = buffers_of(
             admin,
             "SELECT hydra.channel_policy_set(channel => %s, max_concurrency => 1)",
@@ -256,16 +261,13 @@ def test_repairing_parked_messages_reads_neither_their_backlogs_nor_idle_channel
         set_policies(db, "idle", first, count, "max_concurrency => 1")
         db.execute("VACUUM ANALYZE")
 
-    def measure() -> int:
-        return buffers_of(coordinator, "SELECT * FROM hydra.coordinate(batch => %s)", (BATCH,))
-
     # Backlogs of 1,000 then 4,000 parked messages keep the parked index two levels deep.
     grow(1, IDLE, 1_000)
-    measure()  # plans made again after the statistics changed: the next call reads none
-    some = measure()
+    coordinate_buffers(coordinator)  # plans made again after the statistics changed
+    some = coordinate_buffers(coordinator)
     grow(IDLE + 1, MORE_IDLE, 3_000)
-    measure()
-    many = measure()
+    coordinate_buffers(coordinator)
+    many = coordinate_buffers(coordinator)
     parked = db.execute("SELECT count(*) FROM hydra.message WHERE state = 'parked'").fetchone()
     assert parked == (4_000,)  # nothing was due for repair
     assert_flat("coordinate", some, many)
