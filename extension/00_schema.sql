@@ -1,7 +1,10 @@
--- Schema, types, tables and indexes of hydramq.
+-- Schema, types, tables and indexes of hydramq: every object that holds data.
 -- Invariants: a message row exists from enqueue until it succeeds (then it is deleted) or, when
 -- it failed, until the failed-retention period ends; `vtime` orders ready messages fairly
 -- (see docs/design.md); nothing here is granted to PUBLIC.
+-- Upgrades: this file runs only at install. A change here is also written, as the statements
+-- that turn the previous version's objects into these, in extension/upgrade/ (docs/releasing.md).
+-- Every other file holds code (CREATE OR REPLACE) and is run again by each upgrade script.
 
 CREATE SCHEMA hydra;
 REVOKE ALL ON SCHEMA hydra FROM PUBLIC;
@@ -163,3 +166,44 @@ SELECT pg_catalog.pg_extension_config_dump('hydra.dependency', '');
 SELECT pg_catalog.pg_extension_config_dump('hydra.parent_outcome', '');
 SELECT pg_catalog.pg_extension_config_dump('hydra.channel_limit', '');
 SELECT pg_catalog.pg_extension_config_dump('hydra.slot_epoch_seq', '');
+
+-- Cron schedules (their functions are in 70_schedules.sql).
+CREATE TABLE hydra.schedule (
+    queue               text COLLATE "C" NOT NULL,
+    channel             text COLLATE "C" NOT NULL DEFAULT '',  -- '' is the default channel
+    name                text COLLATE "C" NOT NULL,
+    cron                text        NOT NULL,
+    tz                  text        NOT NULL,              -- canonical IANA name
+    payload             jsonb       NOT NULL,
+    priority            integer,
+    num_attempts        integer     NOT NULL,
+    lock_secs           numeric     NOT NULL,
+    lock_secs_factor    numeric     NOT NULL,
+    max_processing_secs numeric     NOT NULL,
+    next_fire_at        timestamptz NOT NULL,              -- 'infinity': stopped (see last_error)
+    last_fire_at        timestamptz,                       -- the last tick handled
+    last_error          text,                              -- why that tick enqueued nothing
+    created_at          timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    updated_at          timestamptz NOT NULL DEFAULT pg_catalog.now(),  -- last schedule_set
+    CONSTRAINT schedule_pkey PRIMARY KEY (queue, channel, name)
+);
+
+COMMENT ON TABLE hydra.schedule IS
+    'Cron schedules: each tick enqueues one message built from the row. Use hydra.schedule_set.';
+
+CREATE INDEX schedule_next_fire_idx ON hydra.schedule (next_fire_at);
+
+SELECT pg_catalog.pg_extension_config_dump('hydra.schedule', '');
+
+-- A parsed expression: each field as a "next allowed value" lookup table, so that the search
+-- jumps straight to the next candidate month, day, hour and minute instead of testing minutes.
+CREATE TYPE hydra._cron_spec AS (
+    minute_next int[],    -- [0:59] smallest allowed minute >= i, NULL when none is left
+    hour_next   int[],    -- [0:23] smallest allowed hour >= i
+    dom_next    int[],    -- [1:31] smallest allowed day of month >= i
+    month_next  int[],    -- [1:12] smallest allowed month >= i
+    dow_ahead   int[],    -- [0:6]  days from weekday i (0 = Sunday) to the next allowed weekday
+    dom_any     boolean,  -- day-of-month allows all 31 days (counts as "*")
+    dow_any     boolean,  -- day-of-week allows all 7 weekdays (counts as "*")
+    hour_any    boolean   -- all 24 hours allowed: the expression follows the clock across DST
+);

@@ -1,7 +1,7 @@
 -- Argument checks shared by the public functions. Each raises SQLSTATE 22023 with a message
 -- that starts with the argument's name, before anything is written.
 
-CREATE FUNCTION hydra._invalid(p_argument text, p_rule text)
+CREATE OR REPLACE FUNCTION hydra._invalid(p_argument text, p_rule text)
 RETURNS void
 LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
@@ -15,14 +15,14 @@ $$;
 -- What is wrong with a queue, channel or message name (non-empty, bounded, no control
 -- characters), or NULL. A SQL-standard body: bound when the extension is created, so it needs
 -- no search_path, and the planner inlines it into each caller's statement (one rule, no call).
-CREATE FUNCTION hydra._name_problem(p_value text)
+CREATE OR REPLACE FUNCTION hydra._name_problem(p_value text)
 RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN CASE WHEN p_value = '' THEN 'must not be empty'
             WHEN pg_catalog.length(p_value) > 255 THEN 'must be at most 255 characters'
             WHEN p_value ~ '[[:cntrl:]]' THEN 'must not contain control characters' END;
 
-CREATE FUNCTION hydra._check_name(p_argument text, p_value text, p_nullable boolean)
+CREATE OR REPLACE FUNCTION hydra._check_name(p_argument text, p_value text, p_nullable boolean)
 RETURNS void
 LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
@@ -41,7 +41,7 @@ $$;
 -- The first rule a message's options break, in the order the API lists them, or NULL. Like
 -- _name_problem: a SQL-standard body the planner inlines, so a batch checks every row in its
 -- own statement.
-CREATE FUNCTION hydra._message_problem(
+CREATE OR REPLACE FUNCTION hydra._message_problem(
     p_payload        jsonb,
     p_channel        text,
     p_priority       integer,
@@ -73,7 +73,7 @@ RETURN coalesce(
                    '(ten years)' END);
 
 -- Checks the options every message carries; the arrays are aligned, one element per message.
-CREATE FUNCTION hydra._check_message_options(
+CREATE OR REPLACE FUNCTION hydra._check_message_options(
     p_payloads            jsonb[],
     p_channels            text[],
     p_priorities          integer[],
@@ -114,7 +114,7 @@ END
 $$;
 
 -- Seconds to wait after the k-th failed attempt: lock_secs * factor^(k-1), capped at ten years.
-CREATE FUNCTION hydra._backoff(p_lock_secs numeric, p_factor numeric, p_attempt integer)
+CREATE OR REPLACE FUNCTION hydra._backoff(p_lock_secs numeric, p_factor numeric, p_attempt integer)
 RETURNS interval
 LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp

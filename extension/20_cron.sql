@@ -3,21 +3,8 @@
 -- pure: no table is read or written, results depend on the arguments and the tz database only.
 -- Dialect, DST rules and the differences from croniter are documented in docs/cron.md.
 
--- A parsed expression: each field as a "next allowed value" lookup table, so that the search
--- jumps straight to the next candidate month, day, hour and minute instead of testing minutes.
-CREATE TYPE hydra._cron_spec AS (
-    minute_next int[],    -- [0:59] smallest allowed minute >= i, NULL when none is left
-    hour_next   int[],    -- [0:23] smallest allowed hour >= i
-    dom_next    int[],    -- [1:31] smallest allowed day of month >= i
-    month_next  int[],    -- [1:12] smallest allowed month >= i
-    dow_ahead   int[],    -- [0:6]  days from weekday i (0 = Sunday) to the next allowed weekday
-    dom_any     boolean,  -- day-of-month allows all 31 days (counts as "*")
-    dow_any     boolean,  -- day-of-week allows all 7 weekdays (counts as "*")
-    hour_any    boolean   -- all 24 hours allowed: the expression follows the clock across DST
-);
-
 -- One value of a field: a number or (month, day-of-week) a three-letter name, range-checked.
-CREATE FUNCTION hydra._cron_value(p_token text, p_field text, p_lo int, p_hi int, p_arg text)
+CREATE OR REPLACE FUNCTION hydra._cron_value(p_token text, p_field text, p_lo int, p_hi int, p_arg text)
 RETURNS int
 LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
@@ -50,7 +37,7 @@ END;
 $$;
 
 -- One field (a comma list of *, values, ranges and steps) as the sorted set of its values.
-CREATE FUNCTION hydra._cron_field(p_text text, p_field text, p_lo int, p_hi int, p_arg text)
+CREATE OR REPLACE FUNCTION hydra._cron_field(p_text text, p_field text, p_lo int, p_hi int, p_arg text)
 RETURNS int[]
 LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
@@ -116,7 +103,7 @@ END;
 $$;
 
 -- Lookup table [p_lo:p_hi] giving, for each i, the smallest value of p_values >= i (or NULL).
-CREATE FUNCTION hydra._cron_next_table(p_values int[], p_lo int, p_hi int)
+CREATE OR REPLACE FUNCTION hydra._cron_next_table(p_values int[], p_lo int, p_hi int)
 RETURNS int[]
 LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
@@ -137,7 +124,7 @@ END;
 $$;
 
 -- Parses and validates an expression; p_arg is the argument name used in error messages.
-CREATE FUNCTION hydra._cron_parse(p_expr text, p_arg text DEFAULT 'expr')
+CREATE OR REPLACE FUNCTION hydra._cron_parse(p_expr text, p_arg text DEFAULT 'expr')
 RETURNS hydra._cron_spec
 LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
@@ -215,7 +202,7 @@ $$;
 
 -- First wall-clock minute >= p_from (minute-aligned) that the expression names, looking no
 -- further than the end of p_last_year; NULL when there is none. Pure calendar arithmetic.
-CREATE FUNCTION hydra._cron_match_from(p_spec hydra._cron_spec, p_from timestamp, p_last_year int)
+CREATE OR REPLACE FUNCTION hydra._cron_match_from(p_spec hydra._cron_spec, p_from timestamp, p_last_year int)
 RETURNS timestamp
 LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
@@ -292,7 +279,7 @@ $$;
 -- Canonical name of time zone p_tz (e.g. 'america/new_york' -> 'America/New_York'), or 22023
 -- naming p_arg. Only tz database names are accepted: PostgreSQL would also take POSIX specs
 -- ('UTC+3' is three hours WEST of UTC) and numeric offsets, which are refused here as traps.
-CREATE FUNCTION hydra._cron_tz_name(p_tz text, p_arg text DEFAULT 'tz')
+CREATE OR REPLACE FUNCTION hydra._cron_tz_name(p_tz text, p_arg text DEFAULT 'tz')
 RETURNS text
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -319,7 +306,7 @@ $$;
 
 -- First instant (whole second) in (p_lo, p_hi] whose UTC offset is that of p_hi: the moment the
 -- clock jumps, when exactly one transition lies between the two. Session TimeZone = the zone.
-CREATE FUNCTION hydra._cron_transition(p_lo timestamptz, p_hi timestamptz)
+CREATE OR REPLACE FUNCTION hydra._cron_transition(p_lo timestamptz, p_hi timestamptz)
 RETURNS timestamptz
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -348,7 +335,7 @@ $$;
 -- The instants whose wall-clock time (session TimeZone) is p_wall: one (first_at), two in a
 -- fall-back overlap (first_at < second_at), or none in a spring-forward gap (in_gap; first_at
 -- is then the end of the gap, the first instant after the skipped wall-clock times).
-CREATE FUNCTION hydra._cron_instants(p_wall timestamp,
+CREATE OR REPLACE FUNCTION hydra._cron_instants(p_wall timestamp,
                                      OUT first_at timestamptz, OUT second_at timestamptz,
                                      OUT in_gap boolean)
 LANGUAGE plpgsql STABLE
@@ -390,7 +377,7 @@ $$;
 --     first time only;
 --   * all 24 hours allowed (follows the clock): fires at every instant whose wall-clock time
 --     matches; skipped times do not exist, repeated times fire on both passes.
-CREATE FUNCTION hydra._cron_next(p_spec hydra._cron_spec, p_after timestamptz)
+CREATE OR REPLACE FUNCTION hydra._cron_next(p_spec hydra._cron_spec, p_after timestamptz)
 RETURNS timestamptz
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -448,7 +435,7 @@ $$;
 
 -- The two public functions run as the extension owner (SECURITY DEFINER) so that a role
 -- granted EXECUTE on them needs nothing on the hydra._cron_* helpers; they read no table.
-CREATE FUNCTION hydra.cron_validate(expr text)
+CREATE OR REPLACE FUNCTION hydra.cron_validate(expr text)
 RETURNS void
 LANGUAGE plpgsql IMMUTABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -461,7 +448,7 @@ BEGIN
 END;
 $$;
 
-CREATE FUNCTION hydra.cron_next(expr text, after timestamptz, tz text DEFAULT 'UTC')
+CREATE OR REPLACE FUNCTION hydra.cron_next(expr text, after timestamptz, tz text DEFAULT 'UTC')
 RETURNS timestamptz
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp

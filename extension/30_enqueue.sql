@@ -6,7 +6,7 @@
 -- Next virtual times for (channel, priority) pairs of a queue: after each channel's own tail,
 -- never before the round the queue is serving now (the head of the ready order). Reads only;
 -- two index probes per pair, in one statement whatever the number of pairs.
-CREATE FUNCTION hydra._next_vtimes(p_queue text, p_channels text[], p_prios integer[])
+CREATE OR REPLACE FUNCTION hydra._next_vtimes(p_queue text, p_channels text[], p_prios integer[])
 RETURNS TABLE (channel text, prio integer, base bigint)
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -41,7 +41,7 @@ $$;
 
 -- Admitted messages of a channel (ready, parked, processing, locked), counted up to p_limit:
 -- what max_size compares with.
-CREATE FUNCTION hydra._admitted_count(p_queue text, p_channel text, p_limit integer)
+CREATE OR REPLACE FUNCTION hydra._admitted_count(p_queue text, p_channel text, p_limit integer)
 RETURNS integer
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -70,7 +70,7 @@ $$;
 -- How many new messages of a capped channel may join the ready order now: NULL when the
 -- channel has no cap. Reads only; the rest are parked at once (so dequeues never scan past
 -- them) and a slot release un-parks them. Counting more than needed only parks more.
-CREATE FUNCTION hydra._capped_room(p_queue text, p_channel text)
+CREATE OR REPLACE FUNCTION hydra._capped_room(p_queue text, p_channel text)
 RETURNS integer
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -101,7 +101,7 @@ $$;
 
 -- Wakes idle workers of a queue, only when one is registered: NOTIFY serialises commits, so the
 -- hot enqueue path must not pay for it while every worker is busy.
-CREATE FUNCTION hydra._wake_workers(p_queue text)
+CREATE OR REPLACE FUNCTION hydra._wake_workers(p_queue text)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -121,7 +121,7 @@ $$;
 
 -- The set-based core of enqueue and enqueue_many. Arrays are aligned (one element per
 -- message, ord = position); depends_on is flattened into (p_dep_ords[i] -> p_dep_parents[i]).
-CREATE FUNCTION hydra._enqueue_rows(
+CREATE OR REPLACE FUNCTION hydra._enqueue_rows(
     p_queue               text,
     p_payloads            jsonb[],
     p_channels            text[],
@@ -343,7 +343,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION hydra.enqueue(
+CREATE OR REPLACE FUNCTION hydra.enqueue(
     payload             jsonb,
     queue               text     DEFAULT 'default',
     channel             text     DEFAULT NULL,
@@ -457,7 +457,7 @@ id is returned) or ''dropped'' (the channel is at max_size). Raises 22023 on bad
 -- malformed (left to the precise checks of enqueue_many) and any key beyond the plain options
 -- (a name or parents take the general path). The caller has checked that p_messages is an
 -- array. One pass of plain operators: a jsonpath doing the same costs three times as much.
-CREATE FUNCTION hydra._needs_general_path(p_messages jsonb)
+CREATE OR REPLACE FUNCTION hydra._needs_general_path(p_messages jsonb)
 RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
@@ -482,7 +482,7 @@ RETURN (SELECT coalesce(bool_or(
 -- one probe per distinct channel and priority, one head probe per priority) and insert.
 -- Returns NULL when an element needs the general path after all (an integer option written
 -- as 1.0), so that the caller's precise checks report it.
-CREATE FUNCTION hydra._enqueue_plain_batch(
+CREATE OR REPLACE FUNCTION hydra._enqueue_plain_batch(
     p_queue          text,
     p_messages       jsonb,
     p_channel        text,
@@ -584,7 +584,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION hydra.enqueue_many(
+CREATE OR REPLACE FUNCTION hydra.enqueue_many(
     messages            jsonb,
     queue               text     DEFAULT 'default',
     channel             text     DEFAULT NULL,

@@ -7,7 +7,7 @@
 -- A queue none of whose channels is capped: one ordered index scan and one update.
 -- Leases ready rows the caller has locked, none of which needs a new concurrency slot;
 -- returns them in the fair order.
-CREATE FUNCTION hydra._lease(p_ids bigint[])
+CREATE OR REPLACE FUNCTION hydra._lease(p_ids bigint[])
 RETURNS SETOF hydra.message
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -32,7 +32,7 @@ END
 $$;
 
 -- A queue none of whose channels is capped: one ordered index scan and one update.
-CREATE FUNCTION hydra._dequeue_uncapped(p_queue text, p_batch integer)
+CREATE OR REPLACE FUNCTION hydra._dequeue_uncapped(p_queue text, p_batch integer)
 RETURNS SETOF hydra.message
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -56,7 +56,7 @@ $$;
 -- their slot or sit in an uncapped channel are admitted; the others take a free slot under
 -- their channel's limit row (SKIP LOCKED: a busy channel is left alone) or are parked.
 -- Leases at most p_left of them.
-CREATE FUNCTION hydra._admit_or_park(p_queue text, p_ids bigint[], p_channels text[],
+CREATE OR REPLACE FUNCTION hydra._admit_or_park(p_queue text, p_ids bigint[], p_channels text[],
                                      p_epochs bigint[], p_left integer)
 RETURNS SETOF hydra.message
 LANGUAGE plpgsql
@@ -143,7 +143,7 @@ $$;
 -- order (a slot release moves it back), so later dequeues never scan it again. A channel whose
 -- limit row another session holds is skipped for this call, so a dequeue never waits for a
 -- lock: it cannot take part in a deadlock. Each turn looks further down the ready order.
-CREATE FUNCTION hydra._dequeue_capped(p_queue text, p_batch integer)
+CREATE OR REPLACE FUNCTION hydra._dequeue_capped(p_queue text, p_batch integer)
 RETURNS SETOF hydra.message
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -202,7 +202,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION hydra.dequeue(
+CREATE OR REPLACE FUNCTION hydra.dequeue(
     queue  text    DEFAULT 'default',
     batch  integer DEFAULT 1,
     queues text[]  DEFAULT NULL

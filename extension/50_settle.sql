@@ -8,7 +8,7 @@
 -- per released slot. A parked message of the channel takes the slot over (it becomes ready
 -- with the slot reserved), so a saturated channel keeps flowing without a dequeuer parking
 -- and admitting it again.
-CREATE FUNCTION hydra._release_slots(p_queues text[], p_channels text[], p_epochs bigint[])
+CREATE OR REPLACE FUNCTION hydra._release_slots(p_queues text[], p_channels text[], p_epochs bigint[])
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -81,7 +81,7 @@ $$;
 
 -- Records, for finished messages that have waiting children, the outcome coordinate() will
 -- hand down to them.
-CREATE FUNCTION hydra._record_outcomes(p_ids bigint[], p_succeeded boolean)
+CREATE OR REPLACE FUNCTION hydra._record_outcomes(p_ids bigint[], p_succeeded boolean)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -103,7 +103,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION hydra.complete_many(message_ids bigint[], lease_tokens uuid[])
+CREATE OR REPLACE FUNCTION hydra.complete_many(message_ids bigint[], lease_tokens uuid[])
 RETURNS SETOF bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -155,7 +155,7 @@ COMMENT ON FUNCTION hydra.complete_many(bigint[], uuid[]) IS
 'Marks leased messages as succeeded (they are deleted) and returns the ids completed. An id
 whose lease expired or was handed to another worker (token mismatch) is skipped.';
 
-CREATE FUNCTION hydra.complete(message_id bigint, lease_token uuid)
+CREATE OR REPLACE FUNCTION hydra.complete(message_id bigint, lease_token uuid)
 RETURNS boolean
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
@@ -167,7 +167,7 @@ COMMENT ON FUNCTION hydra.complete(bigint, uuid) IS
 -- Moves locked-by-caller processing messages to locked (retry after back-off) or failed.
 -- Shared by fail_many and lease expiry; the caller has locked the rows FOR UPDATE, which waits
 -- for producers attaching children (FOR KEY SHARE) so that every edge is seen.
-CREATE FUNCTION hydra._settle_failures(p_ids bigint[], p_errors text[], p_retry boolean[])
+CREATE OR REPLACE FUNCTION hydra._settle_failures(p_ids bigint[], p_errors text[], p_retry boolean[])
 RETURNS SETOF hydra.fail_result
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -226,7 +226,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION hydra.fail_many(
+CREATE OR REPLACE FUNCTION hydra.fail_many(
     message_ids  bigint[],
     lease_tokens uuid[],
     errors       text[]    DEFAULT NULL,
@@ -284,7 +284,7 @@ lock_secs * lock_secs_factor^(attempt-1) seconds, then ready again; otherwise it
 once. Returns (message_id, outcome, attempt, available_at); outcome is locked, failed or stale
 (the lease is no longer held: nothing changed).';
 
-CREATE FUNCTION hydra.fail(
+CREATE OR REPLACE FUNCTION hydra.fail(
     message_id  bigint,
     lease_token uuid,
     error       text    DEFAULT NULL,
@@ -299,7 +299,7 @@ RETURN (SELECT f FROM hydra.fail_many(ARRAY[message_id], ARRAY[lease_token], ARR
 COMMENT ON FUNCTION hydra.fail(bigint, uuid, text, boolean) IS
 'Reports one failed attempt; see hydra.fail_many.';
 
-CREATE FUNCTION hydra.heartbeat(
+CREATE OR REPLACE FUNCTION hydra.heartbeat(
     message_id  bigint,
     lease_token uuid,
     extend_secs numeric DEFAULT NULL

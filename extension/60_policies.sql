@@ -7,7 +7,7 @@
 
 -- Moves parked messages of a channel back to ready: up to p_limit of them (NULL: all), holding
 -- a slot of epoch p_epoch (NULL: holding none).
-CREATE FUNCTION hydra._unpark(p_queue text, p_channel text, p_limit integer, p_epoch bigint)
+CREATE OR REPLACE FUNCTION hydra._unpark(p_queue text, p_channel text, p_limit integer, p_epoch bigint)
 RETURNS integer
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -34,7 +34,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION hydra.channel_policy_set(
+CREATE OR REPLACE FUNCTION hydra.channel_policy_set(
     channel         text,
     max_concurrency integer DEFAULT NULL,
     max_size        integer DEFAULT NULL,
@@ -148,7 +148,7 @@ at most n of its messages processing at once across all workers (0 pauses the ch
 max_size = at most n admitted messages (ready + processing + locked); a message that would
 exceed it is dropped. NULL means unlimited. Replaces any previous policy of the channel.';
 
-CREATE FUNCTION hydra.channel_policy_clear(channel text, queue text DEFAULT 'default')
+CREATE OR REPLACE FUNCTION hydra.channel_policy_clear(channel text, queue text DEFAULT 'default')
 RETURNS boolean
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -176,6 +176,6 @@ $$;
 COMMENT ON FUNCTION hydra.channel_policy_clear(text, text) IS
 'Removes the policy of a channel: it is unlimited again. Returns false if it had none.';
 
-CREATE VIEW hydra.channel_policies AS
+CREATE OR REPLACE VIEW hydra.channel_policies AS
 SELECT l.queue, NULLIF(l.channel, '') AS channel, l.max_concurrency, l.max_size, l.in_flight
   FROM hydra.channel_limit l;

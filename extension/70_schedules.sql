@@ -1,38 +1,12 @@
--- hydramq: cron schedules. Owns hydra.schedule, the hydra.schedules view, schedule_set /
--- schedule_clear and _fire_due_schedules (called by hydra.coordinate).
+-- hydramq: cron schedules. Owns the rows of hydra.schedule (the table is in 00_schema.sql), the
+-- hydra.schedules view, schedule_set / schedule_clear and _fire_due_schedules (called by
+-- hydra.coordinate).
 -- Invariant: next_fire_at is the oldest tick not yet handled. A tick is handled (its message
 -- enqueued) by the transaction that moves next_fire_at past it while holding the row lock, so
 -- each tick is enqueued exactly once however many coordinators run (lock order step 4: schedule
 -- rows are taken with SKIP LOCKED, never waited for by a coordinator).
 
-CREATE TABLE hydra.schedule (
-    queue               text COLLATE "C" NOT NULL,
-    channel             text COLLATE "C" NOT NULL DEFAULT '',  -- '' is the default channel
-    name                text COLLATE "C" NOT NULL,
-    cron                text        NOT NULL,
-    tz                  text        NOT NULL,              -- canonical IANA name
-    payload             jsonb       NOT NULL,
-    priority            integer,
-    num_attempts        integer     NOT NULL,
-    lock_secs           numeric     NOT NULL,
-    lock_secs_factor    numeric     NOT NULL,
-    max_processing_secs numeric     NOT NULL,
-    next_fire_at        timestamptz NOT NULL,              -- 'infinity': stopped (see last_error)
-    last_fire_at        timestamptz,                       -- the last tick handled
-    last_error          text,                              -- why that tick enqueued nothing
-    created_at          timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    updated_at          timestamptz NOT NULL DEFAULT pg_catalog.now(),  -- last schedule_set
-    CONSTRAINT schedule_pkey PRIMARY KEY (queue, channel, name)
-);
-
-COMMENT ON TABLE hydra.schedule IS
-    'Cron schedules: each tick enqueues one message built from the row. Use hydra.schedule_set.';
-
-CREATE INDEX schedule_next_fire_idx ON hydra.schedule (next_fire_at);
-
-SELECT pg_catalog.pg_extension_config_dump('hydra.schedule', '');
-
-CREATE VIEW hydra.schedules AS
+CREATE OR REPLACE VIEW hydra.schedules AS
 SELECT s.queue, NULLIF(s.channel, '') AS channel, s.name, s.cron, s.tz,
        s.next_fire_at, s.last_fire_at, s.last_error,
        s.payload, s.priority, s.num_attempts, s.lock_secs, s.lock_secs_factor,
@@ -42,7 +16,7 @@ SELECT s.queue, NULLIF(s.channel, '') AS channel, s.name, s.cron, s.tz,
 COMMENT ON VIEW hydra.schedules IS
     'Cron schedules with their next and last fire times (channel NULL = default channel).';
 
-CREATE FUNCTION hydra.schedule_set(
+CREATE OR REPLACE FUNCTION hydra.schedule_set(
     name                text,
     cron                text,
     payload             jsonb,
@@ -104,7 +78,7 @@ COMMENT ON FUNCTION hydra.schedule_set(text, text, jsonb, text, text, text, inte
 one message with this payload and these options. Returns the next fire time, recomputed from
 now on every call. Raises 22023 naming the bad argument; nothing is written then.';
 
-CREATE FUNCTION hydra.schedule_clear(name text, queue text DEFAULT 'default',
+CREATE OR REPLACE FUNCTION hydra.schedule_clear(name text, queue text DEFAULT 'default',
                                      channel text DEFAULT NULL)
 RETURNS boolean
 LANGUAGE plpgsql
@@ -135,7 +109,7 @@ enqueued are not touched.';
 
 -- Fires the schedules due at p_now. Split from _fire_due_schedules so that tests can drive a
 -- schedule through time (DST transitions, downtime) without waiting for the clock.
-CREATE FUNCTION hydra._fire_due_schedules_at(p_batch integer, p_now timestamptz)
+CREATE OR REPLACE FUNCTION hydra._fire_due_schedules_at(p_batch integer, p_now timestamptz)
 RETURNS SETOF hydra.event
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -198,7 +172,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION hydra._fire_due_schedules(p_batch integer)
+CREATE OR REPLACE FUNCTION hydra._fire_due_schedules(p_batch integer)
 RETURNS SETOF hydra.event
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp

@@ -3,7 +3,7 @@
 -- releasing the slots of expired leases (sorted, the global order) and otherwise skipped when
 -- busy, so a coordinator never waits in a cycle and one busy item never blocks the rest.
 
-CREATE FUNCTION hydra._event(p_event text, p_id bigint, p_queue text, p_channel text,
+CREATE OR REPLACE FUNCTION hydra._event(p_event text, p_id bigint, p_queue text, p_channel text,
                              p_detail jsonb DEFAULT '{}')
 RETURNS hydra.event
 LANGUAGE sql IMMUTABLE
@@ -11,7 +11,7 @@ SET search_path = pg_catalog, pg_temp
 RETURN ROW(p_event, p_id, p_queue, NULLIF(p_channel, ''), p_detail)::hydra.event;
 
 -- Expired leases count as failed attempts: locked for back-off, or failed when none remain.
-CREATE FUNCTION hydra._expire_leases(p_batch integer)
+CREATE OR REPLACE FUNCTION hydra._expire_leases(p_batch integer)
 RETURNS SETOF hydra.event
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -71,7 +71,7 @@ END
 $$;
 
 -- Gives one message the next virtual time of its channel and makes it ready.
-CREATE FUNCTION hydra._make_ready(p_id bigint)
+CREATE OR REPLACE FUNCTION hydra._make_ready(p_id bigint)
 RETURNS void
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
@@ -86,7 +86,7 @@ BEGIN ATOMIC
 END;
 
 -- Back-off over: locked -> ready.
-CREATE FUNCTION hydra._unlock_due(p_batch integer)
+CREATE OR REPLACE FUNCTION hydra._unlock_due(p_batch integer)
 RETURNS SETOF hydra.event
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -113,7 +113,7 @@ $$;
 
 -- Marks messages failed without running them (dropped, or parents failed with cascade) and
 -- passes the outcome to their own children.
-CREATE FUNCTION hydra._finish_unrun(p_id bigint, p_reason text)
+CREATE OR REPLACE FUNCTION hydra._finish_unrun(p_id bigint, p_reason text)
 RETURNS void
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
@@ -127,7 +127,7 @@ BEGIN ATOMIC
 END;
 
 -- Delay over and parents resolved: pending -> ready, through max_size admission.
-CREATE FUNCTION hydra._release_due(p_batch integer)
+CREATE OR REPLACE FUNCTION hydra._release_due(p_batch integer)
 RETURNS SETOF hydra.event
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -193,7 +193,7 @@ END
 $$;
 
 -- Hands finished parents' outcomes down to their waiting children.
-CREATE FUNCTION hydra._resolve_dependencies(p_batch integer)
+CREATE OR REPLACE FUNCTION hydra._resolve_dependencies(p_batch integer)
 RETURNS SETOF hydra.event
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -301,7 +301,7 @@ $$;
 
 -- Channels with free slots and parked messages (after a raised cap, or a release that met a
 -- busy row) get their parked messages back.
-CREATE FUNCTION hydra._repair_parked(p_batch integer)
+CREATE OR REPLACE FUNCTION hydra._repair_parked(p_batch integer)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -347,7 +347,7 @@ $$;
 
 -- Failed messages are kept as dead letters (and as outcomes for late children) until their
 -- retention ends.
-CREATE FUNCTION hydra._purge_failed(p_batch integer, p_retention interval)
+CREATE OR REPLACE FUNCTION hydra._purge_failed(p_batch integer, p_retention interval)
 RETURNS SETOF hydra.event
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -373,7 +373,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION hydra.coordinate(
+CREATE OR REPLACE FUNCTION hydra.coordinate(
     batch            integer  DEFAULT 1000,
     failed_retention interval DEFAULT '7 days'
 )
@@ -422,7 +422,7 @@ schedules and deletes failed messages older than failed_retention. Safe to run f
 of sessions at once (pg_cron included). Returns one row per transition (SPEC event names).';
 
 -- Idle-worker bookkeeping for the driver's LISTEN/NOTIFY wake-ups.
-CREATE FUNCTION hydra.worker_idle(queues text[])
+CREATE OR REPLACE FUNCTION hydra.worker_idle(queues text[])
 RETURNS void
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
@@ -442,7 +442,7 @@ COMMENT ON FUNCTION hydra.worker_idle(text[]) IS
 enqueue sends NOTIFY only while some worker is registered, and the first enqueue that does
 claims the registration (call again when idle again).';
 
-CREATE FUNCTION hydra.worker_busy()
+CREATE OR REPLACE FUNCTION hydra.worker_busy()
 RETURNS void
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp

@@ -1,6 +1,6 @@
 -- Read-only views for operators and the CLI's status command.
 
-CREATE VIEW hydra.channel_status AS
+CREATE OR REPLACE VIEW hydra.channel_status AS
 SELECT m.queue,
        NULLIF(m.channel, '') AS channel,
        count(*) FILTER (WHERE m.state = 'pending')    AS pending,

@@ -35,7 +35,7 @@ ALTER FUNCTION hydra.coordinate(integer, interval) SECURITY DEFINER;
 
 -- The functions and views each job may use, in one place. Objects another file has not
 -- created are left out (to_regprocedure), so this list may name every planned one.
-CREATE FUNCTION hydra._job_objects(p_job text)
+CREATE OR REPLACE FUNCTION hydra._job_objects(p_job text)
 RETURNS TABLE (kind text, object text)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -69,7 +69,7 @@ BEGIN ATOMIC
                        ELSE to_regclass(j.object) IS NOT NULL END;
 END;
 
-CREATE FUNCTION hydra._grant_job(p_role regrole, p_job text)
+CREATE OR REPLACE FUNCTION hydra._grant_job(p_role regrole, p_job text)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -90,7 +90,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION hydra.grant_producer(role regrole)
+CREATE OR REPLACE FUNCTION hydra.grant_producer(role regrole)
 RETURNS void
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
@@ -98,7 +98,7 @@ BEGIN ATOMIC
     SELECT hydra._grant_job(role, 'producer');
 END;
 
-CREATE FUNCTION hydra.grant_worker(role regrole)
+CREATE OR REPLACE FUNCTION hydra.grant_worker(role regrole)
 RETURNS void
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
@@ -106,7 +106,7 @@ BEGIN ATOMIC
     SELECT hydra._grant_job(role, 'worker');
 END;
 
-CREATE FUNCTION hydra.grant_admin(role regrole)
+CREATE OR REPLACE FUNCTION hydra.grant_admin(role regrole)
 RETURNS void
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
@@ -115,6 +115,29 @@ BEGIN ATOMIC
     SELECT hydra._grant_job(role, 'worker');
     SELECT hydra._grant_job(role, 'admin');
 END;
+
+-- An upgrade gives the roles that already hold a job the objects the job gained since (a fresh
+-- install has no such role). A role holds a job when it may run the job's marker function;
+-- an upgrade step that replaces a marker's signature must keep its grantees.
+DO $$
+DECLARE
+    v_grant record;
+BEGIN
+    FOR v_grant IN
+        SELECT DISTINCT j.job, a.grantee::regrole AS grantee
+          FROM (VALUES ('producer', 'hydra.enqueue_many(jsonb,text,text,integer,text,integer,numeric,numeric,numeric,bigint[],boolean,numeric)'),
+                       ('worker', 'hydra.dequeue(text,integer,text[])'),
+                       ('admin', 'hydra.coordinate(integer,interval)')) AS j(job, marker)
+          JOIN pg_catalog.pg_proc p ON p.oid = pg_catalog.to_regprocedure(j.marker)
+         CROSS JOIN LATERAL pg_catalog.aclexplode(p.proacl) a
+         WHERE a.privilege_type = 'EXECUTE'
+           AND a.grantee <> 0                -- PUBLIC never holds a job
+           AND a.grantee <> p.proowner
+    LOOP
+        PERFORM hydra._grant_job(v_grant.grantee, v_grant.job);
+    END LOOP;
+END
+$$;
 
 COMMENT ON FUNCTION hydra.grant_producer(regrole) IS
 'Lets a role enqueue (hydra.enqueue, hydra.enqueue_many) and read schedules.';

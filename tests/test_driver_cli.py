@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from hydramq import Client
-from hydramq.cli import main
+from hydramq.cli import load_scripts, main
 
 Conn = psycopg.Connection[Any]
 
@@ -161,7 +161,7 @@ def test_install_with_pg_tle_registers_the_scripts_without_the_psql_guard(
     assert main(["install", "--pg-tle", "--dsn", dsn]) == 0
     assert "already installed" in capsys.readouterr().out
     calls = db.execute("SELECT fn, name, v1, body FROM pgtle.calls").fetchall()
-    assert calls[0][:3] == ("install_extension", "hydramq", "0.1.0")
+    assert calls[0][:3] == ("install_extension", "hydramq", load_scripts().default_version)
     body = calls[0][3]
     assert "\\echo" not in body and "CREATE SCHEMA hydra" in body
     assert body == "\n".join(
@@ -175,8 +175,9 @@ def test_sql_pg_tle_renders_a_script_psql_can_run(
     rendered = capsys.readouterr().out
     db.execute(FAKE_PG_TLE)
     db.execute(rendered)  # BEGIN; SELECT pgtle.install_extension(...); COMMIT;
-    [(name, version, body)] = db.execute("SELECT name, v1, body FROM pgtle.calls").fetchall()
-    assert (name, version) == ("hydramq", "0.1.0")
+    calls = db.execute("SELECT name, v1, body FROM pgtle.calls").fetchall()
+    name, version, body = calls[0]  # the install script; update paths follow
+    assert (name, version) == ("hydramq", load_scripts().default_version)
     assert "CREATE SCHEMA hydra" in body and "\\echo" not in body
 
 
@@ -185,7 +186,7 @@ def test_install_copies_files_to_sharedir_and_is_idempotent(
 ) -> None:
     assert main(["install", "--dsn", dsn, "--sharedir", str(tmp_path)]) == 0
     assert (tmp_path / "hydramq.control").is_file()
-    assert (tmp_path / "hydramq--0.1.0.sql").is_file()
+    assert (tmp_path / f"hydramq--{load_scripts().default_version}.sql").is_file()
     assert "already installed" in capsys.readouterr().out
     assert main(["install", "--dsn", dsn, "--no-copy"]) == 0
 

@@ -142,8 +142,21 @@ def test_control_file_lets_a_non_superuser_install() -> None:
         )
     )
     assert settings["superuser"] == "false"
-    assert settings["default_version"] == "0.1.0"
     assert settings["relocatable"] == "false"
+
+
+def test_default_version_is_the_newest_and_every_release_upgrades_to_it() -> None:
+    names = [p.name[len("hydramq--") : -len(".sql")] for p in _scripts()]
+    installs = sorted((n for n in names if "--" not in n), key=_version_key)
+    updates = {tuple(n.split("--")) for n in names if "--" in n}
+    default = re.search(r"default_version\s*=\s*'([^']+)'", _control_file().read_text())
+    assert default is not None and default.group(1) == installs[-1]
+    for older in installs[:-1]:
+        assert (older, installs[-1]) in updates, f"no upgrade script from {older}"
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
 
 
 # --------------------------------------------------------------------------------------------

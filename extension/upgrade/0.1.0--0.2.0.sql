@@ -1,0 +1,5 @@
+-- hydramq 0.1.0 -> 0.2.0: the changes to objects that hold data (extension/00_schema.sql).
+-- Runs first in sql/hydramq--0.1.0--0.2.0.sql; the code files (10_ and up) follow it, and
+-- recreate every function, view, comment and grant (see docs/releasing.md).
+-- Rules: new columns go last (as in 00_schema.sql); a function whose signature or result type
+-- changes is dropped here first; data is converted here, in this transaction.
