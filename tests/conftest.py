@@ -301,3 +301,22 @@ def connect(dsn: str) -> Iterator[Connect]:
     finally:
         for conn in opened:
             conn.close()
+
+
+@pytest.fixture
+def blank_database(_bench: Bench) -> Iterator[Callable[[], str]]:
+    """Factory of empty databases (no extension; for install and upgrade tests): each call
+    returns the DSN of a new one; all are dropped after the test."""
+    made: list[str] = []
+
+    def factory() -> str:
+        name = f"b_{uuid.uuid4().hex}"
+        _bench.create_database(name)
+        made.append(name)
+        return _bench.dsn_for(name)
+
+    try:
+        yield factory
+    finally:
+        for name in made:
+            _bench.drop_database(name)
