@@ -15,7 +15,7 @@ UPGRADE    := sql/hydramq--$(PREVIOUS)--$(VERSION).sql
 UPGRADE_SRC := extension/upgrade/$(PREVIOUS)--$(VERSION).sql
 VPY        := $(VENV)/bin/python
 
-.PHONY: build install venv test test-pg15 test-pg18 demo bench lint clean
+.PHONY: build install venv test test-pg15 test-pg18 pgtle demo bench lint clean
 
 build: $(SCRIPT) $(UPGRADE)
 
@@ -36,6 +36,28 @@ $(UPGRADE): $(UPGRADE_SRC) $(CODE) Makefile
 
 install: build
 	cp hydramq.control sql/hydramq--*.sql "$$($(PG_CONFIG) --sharedir)/extension/"
+
+# pg_tle 1.5.2 (AWS's Trusted Language Extensions) built from the vendored source archive into
+# Debian's PostgreSQL 15, for the pg_tle test tier (tests/conftest.py, HYDRAMQ_TEST_SERVER=pgtle).
+# Needs root (it writes into /usr/lib/postgresql/15 and /usr/share/postgresql/15) and the Debian
+# packages postgresql-server-dev-15 flex bison libkrb5-dev gcc make. Does nothing when that
+# version is already installed. In CI the repository has shared/ beside it.
+PG_TLE_VERSION := 1.5.2
+PG_TLE_ARCHIVE ?= ../shared/vendor/pg_tle-$(PG_TLE_VERSION).tar.gz
+PG15_CONFIG    ?= /usr/lib/postgresql/15/bin/pg_config
+
+pgtle:
+	@control="$$($(PG15_CONFIG) --sharedir)/extension/pg_tle.control"; \
+	 if [ -f "$$($(PG15_CONFIG) --pkglibdir)/pg_tle.so" ] && \
+	    grep -q "default_version = '$(PG_TLE_VERSION)'" "$$control" 2>/dev/null; then \
+	     echo "pg_tle $(PG_TLE_VERSION) is already installed ($$control)"; \
+	 else \
+	     set -e; rm -rf build/pg_tle; mkdir -p build/pg_tle; \
+	     tar -xzf "$(PG_TLE_ARCHIVE)" -C build/pg_tle; \
+	     $(MAKE) -s -C build/pg_tle/pg_tle-$(PG_TLE_VERSION) USE_PGXS=1 PG_CONFIG=$(PG15_CONFIG); \
+	     $(MAKE) -s -C build/pg_tle/pg_tle-$(PG_TLE_VERSION) USE_PGXS=1 PG_CONFIG=$(PG15_CONFIG) install; \
+	     echo "pg_tle $(PG_TLE_VERSION) built from $(PG_TLE_ARCHIVE) and installed"; \
+	 fi
 
 # A project-local virtual environment with the driver (editable) and the test tools.
 $(VPY): pyproject.toml
