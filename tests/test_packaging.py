@@ -5,6 +5,7 @@ of pg_dump, and DROP EXTENSION leaves nothing behind.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import subprocess
 import uuid
@@ -153,6 +154,21 @@ def test_default_version_is_the_newest_and_every_release_upgrades_to_it() -> Non
     assert default is not None and default.group(1) == installs[-1]
     for older in installs[:-1]:
         assert (older, installs[-1]) in updates, f"no upgrade script from {older}"
+
+
+# Released scripts never change (docs/releasing.md): a release adds its scripts' digests here.
+RELEASED_SCRIPTS = {
+    "hydramq--0.1.0.sql": "5afea958de3a063cdc4543fbf92d6fa03a2682ef95385d5aeee105aab4821853",
+}
+
+
+def test_released_scripts_are_unchanged() -> None:
+    by_name = {p.name: p for p in _scripts()}
+    for name, digest in RELEASED_SCRIPTS.items():
+        assert name in by_name, f"released script {name} is gone"
+        assert hashlib.sha256(by_name[name].read_bytes()).hexdigest() == digest, (
+            f"{name} changed since its release: put the change in the next version"
+        )
 
 
 def _version_key(version: str) -> tuple[int, ...]:
