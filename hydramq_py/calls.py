@@ -7,10 +7,11 @@ become SQL parameters and rows become typed results, so the sync and async APIs 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Generic, TypedDict, TypeVar
+from typing import Any, Final, Generic, TypedDict, TypeVar
 from uuid import UUID
 
 from psycopg.types.json import Jsonb
@@ -122,8 +123,27 @@ def _enqueue_results(rows: list[Row]) -> list[EnqueueResult]:
     return [EnqueueResult(result, mid) for _ord, result, mid in sorted(rows, key=lambda r: r[0])]
 
 
+#: Start of the error stored for a message whose payload the driver cannot decode.
+UNDECODABLE: Final = "payload could not be decoded"
+
+
+def decode_payload(text: str | None) -> tuple[Any, str | None]:
+    """A payload fetched as JSON text → ``(value, None)``, or ``(None, error)`` when Python
+    cannot hold it. PostgreSQL accepts JSON that ``json`` cannot load (arrays nested ~10,000
+    deep raise RecursionError from ~1,000; integers over Python's 4,300-digit limit raise
+    ValueError): decoding each payload here, instead of in psycopg's jsonb loader, keeps one
+    such message from failing the fetch of its whole batch."""
+    if text is None:
+        return None, None
+    try:
+        return json.loads(text), None
+    except (RecursionError, ValueError, MemoryError) as exc:
+        return None, f"{UNDECODABLE}: {type(exc).__name__}: {exc}"
+
+
 def message_from_row(row: Sequence[Any]) -> Message:
-    """A ``hydra.leased_message`` row (columns in sql._LEASED_COLUMNS order) → Message."""
+    """A ``hydra.leased_message`` row (columns in sql._LEASED_COLUMNS order; payload as JSON
+    text) → Message, with ``payload_error`` set when the payload cannot be decoded."""
     (
         mid,
         queue,
@@ -138,6 +158,7 @@ def message_from_row(row: Sequence[Any]) -> Message:
         enqueued,
         failed_parents,
     ) = row[:12]
+    payload, payload_error = decode_payload(payload)
     return Message(
         id=mid,
         queue=queue,
@@ -151,6 +172,7 @@ def message_from_row(row: Sequence[Any]) -> Message:
         lease_expires_at=expires,
         enqueued_at=enqueued,
         failed_parents=tuple(failed_parents or ()),
+        payload_error=payload_error,
     )
 
 
@@ -186,7 +208,11 @@ def _events(rows: list[Row]) -> list[Event]:
 
 
 def _message_info(rows: list[Row]) -> MessageInfo | None:
-    return MessageInfo(*rows[0]) if rows else None
+    if not rows:
+        return None
+    info = MessageInfo(*rows[0])
+    payload, payload_error = decode_payload(info.payload)
+    return replace(info, payload=payload, payload_error=payload_error)
 
 
 _STATUS_STATES = ("pending", "ready", "parked", "processing", "locked", "failed")
@@ -242,6 +268,17 @@ def enqueue_many(
 
 def dequeue(queues: Sequence[str], batch: int) -> Call[list[Message]]:
     return Call(sql.DEQUEUE, {"queues": list(queues), "batch": batch}, _messages)
+
+
+def fail_undecodable(messages: Sequence[Message]) -> Call[list[FailResult]] | None:
+    """Fail, without retry, the messages whose payload could not be decoded (their
+    ``payload_error`` becomes the stored error); None when every payload decoded."""
+    bad = [m for m in messages if m.payload_error is not None]
+    if not bad:
+        return None
+    return fail_many(
+        [m.id for m in bad], [m.lease_token for m in bad], [m.payload_error for m in bad], False
+    )
 
 
 def dequeue_for_worker(queues: Sequence[str], batch: int) -> Call[list[tuple[Message, float]]]:

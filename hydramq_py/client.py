@@ -64,6 +64,14 @@ def _queues(queue: str | Sequence[str]) -> list[str]:
     return [queue] if isinstance(queue, str) else list(queue)
 
 
+def _decoded(messages: list[Message]) -> list[Message]:
+    """The messages whose payload decoded; logs the others (failed by the caller)."""
+    for m in messages:
+        if m.payload_error is not None:
+            log.warning("message %s failed without retry: %s", m.id, m.payload_error)
+    return [m for m in messages if m.payload_error is None]
+
+
 class Client:
     """Sync API over one ``psycopg.Connection`` (runs in the caller's transaction).
 
@@ -141,7 +149,15 @@ class Client:
 
     # worker
     def dequeue(self, queue: str | Sequence[str] = "default", batch: int = 1) -> list[Message]:
-        return self._run(calls.dequeue(_queues(queue), batch))
+        """``hydra.dequeue``. A message whose payload cannot be decoded (see
+        :attr:`Message.payload_error`) is failed without retry, in the same transaction, and
+        left out of the result."""
+        messages = self._run(calls.dequeue(_queues(queue), batch))
+        undecodable = calls.fail_undecodable(messages)
+        if undecodable is None:
+            return messages
+        self._run(undecodable)
+        return _decoded(messages)
 
     def complete(self, message_id: int, lease_token: UUID) -> bool:
         return self._run(calls.complete(message_id, lease_token))
@@ -238,7 +254,13 @@ class AsyncClient:
     async def dequeue(
         self, queue: str | Sequence[str] = "default", batch: int = 1
     ) -> list[Message]:
-        return await self._run(calls.dequeue(_queues(queue), batch))
+        """As :meth:`Client.dequeue`."""
+        messages = await self._run(calls.dequeue(_queues(queue), batch))
+        undecodable = calls.fail_undecodable(messages)
+        if undecodable is None:
+            return messages
+        await self._run(undecodable)
+        return _decoded(messages)
 
     async def complete(self, message_id: int, lease_token: UUID) -> bool:
         return await self._run(calls.complete(message_id, lease_token))

@@ -30,6 +30,11 @@ class Message:
     lease expired and the message was re-delivered, the token is stale and those calls no
     longer act. ``failed_parents`` lists the parents that failed (only non-empty for a child
     enqueued with ``cascade_failure => false``). ``channel`` is ``None`` for the default channel.
+
+    ``payload_error`` is set (and ``payload`` is None) when the stored JSON cannot be turned into
+    Python values (nested deeper than Python's recursion limit, an integer over Python's digit
+    limit): such a message must not reach a handler. The worker and ``Client.dequeue`` fail it
+    without retry, with this text as its error, and go on with the rest of the batch.
     """
 
     id: int
@@ -44,6 +49,7 @@ class Message:
     lease_expires_at: datetime
     enqueued_at: datetime
     failed_parents: tuple[int, ...] = ()
+    payload_error: str | None = None
 
     @property
     def is_last_attempt(self) -> bool:
@@ -100,7 +106,8 @@ class FailResult:
 @dataclass(frozen=True, slots=True)
 class MessageInfo:
     """A message as stored, for inspection (``Client.inspect``); states per docs/design.md.
-    ``last_error`` is the error of its latest failed attempt (dead letters keep it)."""
+    ``last_error`` is the error of its latest failed attempt (dead letters keep it).
+    ``payload_error``: as for :class:`Message` (``payload`` is then None)."""
 
     id: int
     queue: str
@@ -115,6 +122,7 @@ class MessageInfo:
     available_at: datetime | None
     enqueued_at: datetime
     last_error: str | None = None
+    payload_error: str | None = None
 
 
 @dataclass(slots=True)

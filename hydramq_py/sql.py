@@ -82,8 +82,10 @@ ENQUEUE_MANY_SELECT: Final = "ord, result, message_id"
 
 # -- worker --------------------------------------------------------------------------------
 
+#: The payload comes as JSON text, decoded per message by the driver (calls.decode_payload):
+#: psycopg's jsonb loader would fail the whole fetch on one payload Python cannot decode.
 _LEASED_COLUMNS: Final = (
-    "id, queue, channel, payload, priority, name, attempt, num_attempts, lease_token,"
+    "id, queue, channel, payload::text, priority, name, attempt, num_attempts, lease_token,"
     " lease_expires_at, enqueued_at, failed_parents"
 )
 
@@ -177,7 +179,7 @@ COORDINATE: Final = (
 # hydra.message's columns (docs/design.md; channel '' is the default channel) and decide nothing.
 
 INSPECT_MESSAGE: Final = (
-    "SELECT id, queue, NULLIF(channel, ''), state, payload, NULLIF(prio, -2147483648), name,"
+    "SELECT id, queue, NULLIF(channel, ''), state, payload::text, NULLIF(prio, -2147483648), name,"
     " attempt, num_attempts, lease_expires_at, available_at, enqueued_at, last_error"
     " FROM hydra.message WHERE id = %(message_id)s::bigint"
 )

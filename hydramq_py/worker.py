@@ -10,7 +10,9 @@ the handler:
 * **Acknowledgements** are batched: outcomes are collected and sent with
   ``hydra.complete_many`` / ``hydra.fail_many`` when ``ack_batch`` of them are pending or
   ``ack_interval`` seconds after the first one. A handler that raises fails its message only
-  (``retry => true``); :class:`FailWithoutRetry` fails it without retry.
+  (``retry => true``); :class:`FailWithoutRetry` fails it without retry. A message whose
+  payload Python cannot decode (``Message.payload_error``) is failed without retry and never
+  reaches the handler.
 * **Heartbeats.** A handler still running at half of its lease gets ``hydra.heartbeat`` calls.
 * **Wake-ups.** When a dequeue finds nothing, the worker registers itself idle
   (``hydra.worker_idle``) on a dedicated LISTEN connection and waits for a NOTIFY on
@@ -234,6 +236,16 @@ class Worker:
                 if self.events:
                     await self.events.dispatch(dequeued_events(m for m, _ in leased))
                 for message, lease_secs in leased:
+                    if message.payload_error is not None:
+                        # Never reaches the handler; fails alone, the batch goes on.
+                        log.warning(
+                            "%s: message %s failed without retry: %s",
+                            self.name,
+                            message.id,
+                            message.payload_error,
+                        )
+                        self._acks.fail(message, message.payload_error, False)
+                        continue
                     self._start(message, lease_secs)
                 if self._listener is not None:
                     # After starting the handlers: off the wake-up latency path.
