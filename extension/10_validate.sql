@@ -1,9 +1,12 @@
 -- Argument checks shared by the public functions. Each raises SQLSTATE 22023 with a message
 -- that starts with the argument's name, before anything is written.
 
+-- VOLATILE, not IMMUTABLE: the planner runs an immutable call whose arguments are constants
+-- while it plans, so `PERFORM hydra._invalid('batch', '...')` raised wherever its statement was
+-- planned, not only where it runs (plpgsql_check plans every statement of every function).
 CREATE OR REPLACE FUNCTION hydra._invalid(p_argument text, p_rule text)
 RETURNS void
-LANGUAGE plpgsql IMMUTABLE
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN

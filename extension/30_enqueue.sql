@@ -147,8 +147,8 @@ AS $$
 DECLARE
     v_count          integer := coalesce(array_length(p_payloads, 1), 0);
     v_ids            bigint[];
-    v_parent_ids     bigint[] := '{}';
-    v_parent_states  hydra.message_state[] := '{}';
+    v_parent_ids     bigint[] := '{}'::bigint[];
+    v_parent_states  hydra.message_state[] := '{}'::hydra.message_state[];
     v_inserted       bigint[];
     v_dropped        bigint[];
     v_any_ready      boolean;

@@ -155,7 +155,7 @@ DECLARE
     v_left     integer := p_batch;
     v_fetch    integer := p_batch;
     v_turn     integer := 0;
-    v_seen     bigint[] := '{}';
+    v_seen     bigint[] := '{}'::bigint[];
     v_ids      bigint[];
     v_channels text[];
     v_epochs   bigint[];

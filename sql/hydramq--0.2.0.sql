@@ -216,9 +216,12 @@ CREATE TYPE hydra._cron_spec AS (
 -- Argument checks shared by the public functions. Each raises SQLSTATE 22023 with a message
 -- that starts with the argument's name, before anything is written.
 
+-- VOLATILE, not IMMUTABLE: the planner runs an immutable call whose arguments are constants
+-- while it plans, so `PERFORM hydra._invalid('batch', '...')` raised wherever its statement was
+-- planned, not only where it runs (plpgsql_check plans every statement of every function).
 CREATE OR REPLACE FUNCTION hydra._invalid(p_argument text, p_rule text)
 RETURNS void
-LANGUAGE plpgsql IMMUTABLE
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
@@ -391,7 +394,7 @@ DECLARE
     v_from   int;
     v_to     int;
     v_step   int;
-    v_values int[] := '{}';
+    v_values int[] := '{}'::int[];
 BEGIN
     -- Grammar per item: ( "*" | value [ "-" value ] ) [ "/" step ]. Day-of-week also accepts 7
     -- (Sunday); a range whose end is below its start wraps around the cycle (FRI-MON, 22-2).
@@ -465,6 +468,9 @@ END;
 $$;
 
 -- Parses and validates an expression; p_arg is the argument name used in error messages.
+-- pgspot unparsed (accepted): its PL/pgSQL parser knows no catalog and rejects the assignments
+-- to fields of v_spec; nothing in here binds through the caller's search_path (it pins its own),
+-- and plpgsql_check reads this body in full.
 CREATE OR REPLACE FUNCTION hydra._cron_parse(p_expr text, p_arg text DEFAULT 'expr')
 RETURNS hydra._cron_spec
 LANGUAGE plpgsql IMMUTABLE
@@ -984,8 +990,8 @@ AS $$
 DECLARE
     v_count          integer := coalesce(array_length(p_payloads, 1), 0);
     v_ids            bigint[];
-    v_parent_ids     bigint[] := '{}';
-    v_parent_states  hydra.message_state[] := '{}';
+    v_parent_ids     bigint[] := '{}'::bigint[];
+    v_parent_states  hydra.message_state[] := '{}'::hydra.message_state[];
     v_inserted       bigint[];
     v_dropped        bigint[];
     v_any_ready      boolean;
@@ -1728,7 +1734,7 @@ DECLARE
     v_left     integer := p_batch;
     v_fetch    integer := p_batch;
     v_turn     integer := 0;
-    v_seen     bigint[] := '{}';
+    v_seen     bigint[] := '{}'::bigint[];
     v_ids      bigint[];
     v_channels text[];
     v_epochs   bigint[];
@@ -2352,8 +2358,9 @@ SELECT l.queue, NULLIF(l.channel, '') AS channel, l.max_concurrency, l.max_size,
   FROM hydra.channel_limit l;
 
 -- ---- extension/70_schedules.sql ----
--- hydramq: cron schedules. Owns the rows of hydra.schedule (table in 00_schema.sql), the view, schedule_set /
--- schedule_clear and _fire_due_schedules (called by hydra.coordinate).
+-- hydramq: cron schedules. Owns the rows of hydra.schedule (the table is in 00_schema.sql), the
+-- hydra.schedules view, schedule_set / schedule_clear and _fire_due_schedules (called by
+-- hydra.coordinate).
 -- Invariant: next_fire_at is the oldest tick not yet handled. A tick is handled (its message
 -- enqueued) by the transaction that moves next_fire_at past it while holding the row lock, so
 -- each tick is enqueued exactly once however many coordinators run (lock order step 4: schedule
