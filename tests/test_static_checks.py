@@ -250,6 +250,8 @@ def test_pgspot_as_adapted_still_finds_what_it_should(tmp_path: Path) -> None:
     upgrade = tmp_path / "upgrade.sql"
     upgrade.write_text(
         "CREATE OR REPLACE FUNCTION s.f(p int) RETURNS boolean LANGUAGE sql RETURN p = 1;\n"
+        "CREATE OR REPLACE FUNCTION s.j(p int) RETURNS boolean LANGUAGE sql\n"
+        "BEGIN ATOMIC SELECT p = 2; END;\n"
         "CREATE OR REPLACE FUNCTION s.g() RETURNS SETOF int LANGUAGE plpgsql\n"
         "AS $$ BEGIN RETURN NEXT 1 + 1; END $$;\n"
         "CREATE OR REPLACE FUNCTION other.h() RETURNS int LANGUAGE sql\n"
@@ -263,6 +265,7 @@ def test_pgspot_as_adapted_still_finds_what_it_should(tmp_path: Path) -> None:
     found = {(f.code, f.where, f.what) for f in _spot(state, upgrade)}
     assert found == {
         ("PS001", "s.f(p integer)", "'=' in p = 1"),
+        ("PS001", "s.j(p integer)", "'=' in p = 2"),
         ("PS005", "s.g()", "s.g()"),
         ("PS001", "s.g()", "'+' in 1 + 1"),
         ("PS002", "other.h()", "other.h()"),
