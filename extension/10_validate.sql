@@ -18,12 +18,16 @@ $$;
 -- What is wrong with a queue, channel or message name (non-empty, bounded, no control
 -- characters), or NULL. A SQL-standard body: bound when the extension is created, so it needs
 -- no search_path, and the planner inlines it into each caller's statement (one rule, no call).
+-- Bound at creation, it names every operator and function with its schema: an object planted
+-- in the schema the extension is created in (public, for an old pg_tle install) never binds.
 CREATE OR REPLACE FUNCTION hydra._name_problem(p_value text)
 RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN CASE WHEN p_value = '' THEN 'must not be empty'
-            WHEN pg_catalog.length(p_value) > 255 THEN 'must be at most 255 characters'
-            WHEN p_value ~ '[[:cntrl:]]' THEN 'must not contain control characters' END;
+RETURN CASE WHEN p_value OPERATOR(pg_catalog.=) '' THEN 'must not be empty'
+            WHEN pg_catalog.length(p_value) OPERATOR(pg_catalog.>) 255
+                 THEN 'must be at most 255 characters'
+            WHEN p_value OPERATOR(pg_catalog.~) '[[:cntrl:]]'
+                 THEN 'must not contain control characters' END;
 
 CREATE OR REPLACE FUNCTION hydra._check_name(p_argument text, p_value text, p_nullable boolean)
 RETURNS void
@@ -43,7 +47,7 @@ $$;
 
 -- The first rule a message's options break, in the order the API lists them, or NULL. Like
 -- _name_problem: a SQL-standard body the planner inlines, so a batch checks every row in its
--- own statement.
+-- own statement, with every operator schema-qualified.
 CREATE OR REPLACE FUNCTION hydra._message_problem(
     p_payload        jsonb,
     p_channel        text,
@@ -60,18 +64,24 @@ RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN coalesce(
     CASE WHEN p_payload IS NULL THEN 'payload: must not be NULL' END,
-    'channel: ' || hydra._name_problem(p_channel),
-    CASE WHEN p_priority = -2147483648
+    'channel: ' OPERATOR(pg_catalog.||) hydra._name_problem(p_channel),
+    CASE WHEN p_priority OPERATOR(pg_catalog.=) -2147483648
          THEN 'priority: must be greater than -2147483648 (reserved for NULL)' END,
-    'name: ' || hydra._name_problem(p_name),
-    CASE WHEN p_num_attempts IS NULL OR p_num_attempts < 1 THEN 'num_attempts: must be at least 1'
-         WHEN p_lock_secs IS NULL OR p_lock_secs < 0 THEN 'lock_secs: must be 0 or more'
-         WHEN p_factor IS NULL OR p_factor < 1 THEN 'lock_secs_factor: must be at least 1'
-         WHEN p_delay IS NULL OR p_delay < 0 THEN 'delay_secs: must be 0 or more'
+    'name: ' OPERATOR(pg_catalog.||) hydra._name_problem(p_name),
+    CASE WHEN p_num_attempts IS NULL OR p_num_attempts OPERATOR(pg_catalog.<) 1
+              THEN 'num_attempts: must be at least 1'
+         WHEN p_lock_secs IS NULL OR p_lock_secs OPERATOR(pg_catalog.<) 0
+              THEN 'lock_secs: must be 0 or more'
+         WHEN p_factor IS NULL OR p_factor OPERATOR(pg_catalog.<) 1
+              THEN 'lock_secs_factor: must be at least 1'
+         WHEN p_delay IS NULL OR p_delay OPERATOR(pg_catalog.<) 0
+              THEN 'delay_secs: must be 0 or more'
          WHEN p_cascade IS NULL THEN 'cascade_failure: must not be NULL'
-         WHEN p_max_processing IS NULL OR p_max_processing <= 0
+         WHEN p_max_processing IS NULL OR p_max_processing OPERATOR(pg_catalog.<=) 0
               THEN 'max_processing_secs: must be greater than 0'
-         WHEN p_delay > 315360000 OR p_max_processing > 315360000 OR p_lock_secs > 315360000
+         WHEN p_delay OPERATOR(pg_catalog.>) 315360000
+              OR p_max_processing OPERATOR(pg_catalog.>) 315360000
+              OR p_lock_secs OPERATOR(pg_catalog.>) 315360000
               THEN 'delay_secs, lock_secs, max_processing_secs: must be at most 315360000 '
                    '(ten years)' END);
 

@@ -174,61 +174,118 @@ def strip_psql_guard(script: str) -> str:
     return "\n".join(line for line in script.splitlines() if not line.startswith("\\echo"))
 
 
-def pg_tle_statements(scripts: ExtensionScripts) -> list[tuple[str, tuple[Any, ...]]]:
-    """The pg_tle calls that register every version and update path of the extension."""
-    base = (
-        scripts.default_version
-        if scripts.default_version in scripts.installs
-        else min(scripts.installs, default="")
-    )
-    if not base:
-        raise Failure("no install script hydramq--<version>.sql found")
-    stmts: list[tuple[str, tuple[Any, ...]]] = [
-        (
-            "SELECT pgtle.install_extension(%s, %s, %s, %s)",
-            ("hydramq", base, scripts.comment, strip_psql_guard(scripts.installs[base])),
-        )
-    ]
-    for (src, dst), text in sorted(scripts.updates.items()):
-        stmts.append(
-            (
-                "SELECT pgtle.install_update_path(%s, %s, %s, %s)",
-                ("hydramq", src, dst, strip_psql_guard(text)),
-            )
-        )
-    if scripts.default_version and scripts.default_version != base:
-        stmts.append(
-            ("SELECT pgtle.set_default_version(%s, %s)", ("hydramq", scripts.default_version))
-        )
-    return stmts
+#: pg_tle's ``schema`` argument: the control file's ``schema = pg_catalog``. CREATE EXTENSION
+#: then runs the scripts with ``search_path = pg_catalog`` (as for the file-based install), so
+#: nothing in them can bind to an object of ``public`` or of the installing role's path.
+PG_TLE_SCHEMA = "pg_catalog"
 
 
-def _dollar_quote(text: str) -> str:
+def _dollar_quote(text: str, avoid: str = "") -> str:
     n = 0
     while True:
         tag = f"$hydramq{n or ''}$"
-        if tag not in text:
+        if tag not in text and tag not in avoid:
             return f"{tag}{text}{tag}"
         n += 1
 
 
-def _sql_literal(value: Any) -> str:
-    if isinstance(value, str):
-        return "'" + value.replace("'", "''") + "'" if "\n" not in value else _dollar_quote(value)
-    raise TypeError(value)
+def _sql_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+_REGISTER_TAG = "$hydramq_register$"
 
 
 def render_pg_tle(scripts: ExtensionScripts) -> str:
-    """The pg_tle registration as one SQL script (for psql on a managed server)."""
-    out = [
-        f"-- hydramq {scripts.default_version} for pg_tle: run as a pgtle_admin member, then",
-        "-- CREATE EXTENSION hydramq; in each database that needs it.",
-        "BEGIN;",
+    """The pg_tle registration of the control file's version and of every update path, as one
+    ``DO`` block: each piece is registered only when missing, so a re-run changes nothing and a
+    database that registered an older version gets the new one and the paths to it. It stops
+    first, with one clear message, where pg_tle is not installed in the database, where the
+    role is not a member of ``pgtle_admin``, and where a file-based hydramq (a control file in
+    the server's share directory, which pg_tle refuses to shadow) exists."""
+    version = scripts.default_version
+    if version not in scripts.installs:
+        raise Failure(f"no install script hydramq--{version}.sql for the control file's version")
+    texts = [strip_psql_guard(scripts.installs[version])]
+    texts += [strip_psql_guard(text) for _, text in sorted(scripts.updates.items())]
+    for text in texts:
+        if _REGISTER_TAG in text:
+            raise Failure(f"a script contains {_REGISTER_TAG}; cannot quote it")
+    install = _dollar_quote(texts[0], _REGISTER_TAG)
+    v, comment = _sql_literal(version), _sql_literal(scripts.comment)
+    body = [
+        "DECLARE",
+        "    v_known text[];",
+        "BEGIN",
+        "    IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'pg_tle') THEN",
+        "        RAISE EXCEPTION USING ERRCODE = '55000', MESSAGE = pg_catalog.format(",
+        "            'pg_tle is not installed in database %s (its administrator runs '",
+        "            'CREATE EXTENSION pg_tle there; the server needs '",
+        "            'shared_preload_libraries = pg_tle)',",
+        "            current_database());",
+        "    END IF;",
+        "    IF NOT pg_catalog.pg_has_role('pgtle_admin', 'MEMBER') THEN",
+        "        RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = pg_catalog.format(",
+        "            'role %s is not a member of pgtle_admin (GRANT pgtle_admin TO %s)',",
+        "            current_user, current_user);",
+        "    END IF;",
+        "    IF EXISTS (SELECT FROM pg_catalog.pg_available_extensions",
+        "                WHERE name = 'hydramq') THEN",
+        "        RAISE EXCEPTION USING ERRCODE = '55000', MESSAGE =",
+        "            'the server has a file-based hydramq (hydramq.control in its share '",
+        "            'directory), which pg_tle cannot shadow: install without --pg-tle '",
+        "            '(CREATE EXTENSION hydramq)';",
+        "    END IF;",
+        "    SELECT pg_catalog.array_agg(e.version) INTO v_known",
+        "      FROM pgtle.available_extension_versions() e WHERE e.name = 'hydramq';",
+        "    IF v_known IS NULL THEN",
+        f"        PERFORM pgtle.install_extension('hydramq', {v}, {comment}, {install},",
+        f"                                        NULL, {_sql_literal(PG_TLE_SCHEMA)});",
+        f"    ELSIF NOT {v} = ANY (v_known) THEN",
+        f"        PERFORM pgtle.install_extension_version_sql('hydramq', {v}, {install});",
+        "    END IF;",
     ]
-    for query, params in pg_tle_statements(scripts):
-        out.append(query.replace("%s", "{}").format(*(_sql_literal(p) for p in params)) + ";")
-    out.append("COMMIT;")
-    return "\n".join(out) + "\n"
+    for (src, dst), text in sorted(scripts.updates.items()):
+        path = _sql_literal(f"{src}--{dst}.sql")
+        body += [
+            # pg_tle keeps each script as a function pgtle."<name>--<from>--<to>.sql"().
+            "    IF NOT EXISTS (SELECT FROM pg_catalog.pg_proc",
+            "                    WHERE pronamespace = 'pgtle'::pg_catalog.regnamespace",
+            f"                      AND proname = 'hydramq--' || {path}) THEN",
+            f"        PERFORM pgtle.install_update_path('hydramq', {_sql_literal(src)}, "
+            f"{_sql_literal(dst)},",
+            f"            {_dollar_quote(strip_psql_guard(text), _REGISTER_TAG)});",
+            "    END IF;",
+        ]
+    body += [
+        "    IF (SELECT e.default_version FROM pgtle.available_extensions() e",
+        f"         WHERE e.name = 'hydramq') IS DISTINCT FROM {v} THEN",
+        f"        PERFORM pgtle.set_default_version('hydramq', {v});",
+        "    END IF;",
+        "END",
+    ]
+    return "\n".join([
+        f"-- hydramq {version} for pg_tle. Registrations are per database: run this in each",
+        "-- database that uses hydramq, as a member of pgtle_admin (psql -f). Running it again",
+        "-- changes nothing; a database that registered an older version gets this one and the",
+        "-- update path to it. Then, as the role that is to own the extension:",
+        "--   CREATE EXTENSION hydramq;        -- first install",
+        "--   ALTER EXTENSION hydramq UPDATE;  -- where an older version is installed",
+        f"DO {_REGISTER_TAG}",
+        *body,
+        f"{_REGISTER_TAG};",
+        "",
+    ])
+
+
+def register_with_pg_tle(conn: psycopg.Connection[Any], scripts: ExtensionScripts) -> None:
+    """Run :func:`render_pg_tle`'s registration on ``conn``; a refusal becomes a Failure
+    carrying the server's one-line message."""
+    try:
+        conn.execute(render_pg_tle(scripts).encode())
+    except psycopg.Error as exc:
+        message = exc.diag.message_primary or str(exc).splitlines()[0]
+        raise Failure(f"registering hydramq with pg_tle failed: {message}") from exc
 
 
 def _server_sharedir(conn: psycopg.Connection[Any]) -> Path | None:
@@ -263,25 +320,16 @@ def _pg_config_sharedir(server_major: int) -> Path | None:
 
 def cmd_install(args: argparse.Namespace) -> int:
     dsn = resolve_dsn(args)
+    if args.register_only and not args.pg_tle:
+        raise UsageError("--register-only goes with --pg-tle")
     with _connect(dsn) as conn:
         if args.pg_tle:
             scripts = load_scripts()
-            with conn.transaction():
-                existing = {
-                    r[0]
-                    for r in conn.execute(
-                        "SELECT version FROM pgtle.available_extension_versions()"
-                        " WHERE name = 'hydramq'"
-                    )
-                }
-                for query, params in pg_tle_statements(scripts):
-                    if "install_extension" in query and params[1] in existing:
-                        log.info("pg_tle already has hydramq %s", params[1])
-                        continue
-                    if "install_update_path" in query and params[2] in existing:
-                        continue
-                    conn.execute(query, params)
-            log.info("registered hydramq %s with pg_tle", scripts.default_version)
+            register_with_pg_tle(conn, scripts)
+            log.info("hydramq %s is registered with pg_tle", scripts.default_version)
+            if args.register_only:
+                print(f"hydramq {scripts.default_version} registered with pg_tle")
+                return EXIT_OK
         elif not args.no_copy:
             _copy_files(conn, args.sharedir)
         installed = conn.execute(
@@ -293,7 +341,8 @@ def cmd_install(args: argparse.Namespace) -> int:
             else:
                 conn.execute("ALTER EXTENSION hydramq UPDATE")
         except psycopg.Error as exc:
-            raise Failure(f"installing the extension failed: {exc}") from exc
+            message = exc.diag.message_primary or str(exc).splitlines()[0]
+            raise Failure(f"installing the extension failed: {message}") from exc
         row = conn.execute(
             "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'hydramq'"
         ).fetchone()
@@ -767,6 +816,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sharedir", help="copy the files into DIR/extension (or DIR)")
     s.add_argument("--no-copy", action="store_true", help="do not copy any file")
     s.add_argument("--pg-tle", action="store_true", help="install through pg_tle")
+    s.add_argument(
+        "--register-only",
+        action="store_true",
+        help="with --pg-tle: register the scripts, leave CREATE EXTENSION to the role that "
+        "is to own the extension",
+    )
     s.set_defaults(func=cmd_install)
 
     s = add(

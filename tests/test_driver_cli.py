@@ -127,60 +127,6 @@ def test_sql_prints_the_install_script(capsys: pytest.CaptureFixture[str]) -> No
     assert "CREATE SCHEMA hydra" in out and out.lstrip().startswith("--")
 
 
-FAKE_PG_TLE = """
-CREATE SCHEMA pgtle;
-CREATE TABLE pgtle.calls (fn text, name text, v1 text, v2 text, body text);
-CREATE FUNCTION pgtle.available_extension_versions()
-RETURNS TABLE (name text, version text) LANGUAGE sql AS 'SELECT NULL::text, NULL::text WHERE false';
-CREATE FUNCTION pgtle.install_extension(name text, version text, description text, ext text)
-RETURNS boolean LANGUAGE sql
-AS $$ INSERT INTO pgtle.calls VALUES ('install_extension', name, version, description, ext)
-      RETURNING true $$;
-CREATE FUNCTION pgtle.install_update_path(name text, fromvers text, tovers text, ext text)
-RETURNS boolean LANGUAGE sql
-AS $$ INSERT INTO pgtle.calls VALUES ('install_update_path', name, fromvers, tovers, ext)
-      RETURNING true $$;
-CREATE FUNCTION pgtle.set_default_version(name text, version text)
-RETURNS boolean LANGUAGE sql
-AS $$ INSERT INTO pgtle.calls VALUES ('set_default_version', name, version, NULL, NULL)
-      RETURNING true $$;
-"""
-
-
-def _script_text() -> str:
-    from hydramq.cli import load_scripts
-
-    scripts = load_scripts()
-    return scripts.installs[scripts.default_version]
-
-
-def test_install_with_pg_tle_registers_the_scripts_without_the_psql_guard(
-    dsn: str, db: Conn, capsys: pytest.CaptureFixture[str]
-) -> None:
-    db.execute(FAKE_PG_TLE)
-    assert main(["install", "--pg-tle", "--dsn", dsn]) == 0
-    assert "already installed" in capsys.readouterr().out
-    calls = db.execute("SELECT fn, name, v1, body FROM pgtle.calls").fetchall()
-    assert calls[0][:3] == ("install_extension", "hydramq", load_scripts().default_version)
-    body = calls[0][3]
-    assert "\\echo" not in body and "CREATE SCHEMA hydra" in body
-    assert body == "\n".join(
-        line for line in _script_text().splitlines() if not line.startswith("\\echo"))
-
-
-def test_sql_pg_tle_renders_a_script_psql_can_run(
-    db: Conn, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert main(["sql", "--pg-tle"]) == 0
-    rendered = capsys.readouterr().out
-    db.execute(FAKE_PG_TLE)
-    db.execute(rendered)  # BEGIN; SELECT pgtle.install_extension(...); COMMIT;
-    calls = db.execute("SELECT name, v1, body FROM pgtle.calls").fetchall()
-    name, version, body = calls[0]  # the install script; update paths follow
-    assert (name, version) == ("hydramq", load_scripts().default_version)
-    assert "CREATE SCHEMA hydra" in body and "\\echo" not in body
-
-
 def test_install_copies_files_to_sharedir_and_is_idempotent(
     dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
