@@ -7,12 +7,13 @@ DO $$
 DECLARE
     v_fn regprocedure;
 BEGIN
-    -- Functions are executable by PUBLIC by default: take that back from every one of ours.
+    -- Functions are executable by PUBLIC by default: take that back from every one of ours
+    -- (ROUTINE: procedures too -- ON FUNCTION refuses a procedure).
     FOR v_fn IN
         SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
          WHERE p.pronamespace = 'hydra'::regnamespace
     LOOP
-        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', v_fn);
+        EXECUTE format('REVOKE ALL ON ROUTINE %s FROM PUBLIC', v_fn);
     END LOOP;
 END
 $$;
@@ -58,6 +59,7 @@ BEGIN ATOMIC
         ('admin', 'function', 'hydra.channel_policy_set(text,integer,integer,text)'),
         ('admin', 'function', 'hydra.channel_policy_clear(text,text)'),
         ('admin', 'function', 'hydra.coordinate(integer,interval)'),
+        ('admin', 'function', 'hydra.coordinate_loop(interval,numeric,integer,interval,integer,jsonb,integer)'),
         ('admin', 'function', 'hydra.schedule_set(text,text,jsonb,text,text,text,integer,integer,numeric,numeric,numeric)'),
         ('admin', 'function', 'hydra.schedule_clear(text,text,text)'),
         ('admin', 'view', 'hydra.schedules'),
@@ -81,7 +83,7 @@ BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA hydra TO %s', p_role);
     FOR v_obj IN SELECT * FROM hydra._job_objects(p_job) LOOP
         IF v_obj.kind = 'function' THEN
-            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s',
+            EXECUTE format('GRANT EXECUTE ON ROUTINE %s TO %s',  -- procedures too
                            to_regprocedure(v_obj.object), p_role);
         ELSE
             EXECUTE format('GRANT SELECT ON %s TO %s', to_regclass(v_obj.object), p_role);

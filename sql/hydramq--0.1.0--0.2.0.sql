@@ -10,6 +10,16 @@ SET LOCAL search_path = pg_catalog, pg_temp;
 -- Rules: new columns go last (as in 00_schema.sql); a function whose signature or result type
 -- changes is dropped here first; data is converted here, in this transaction.
 
+-- Issue 9, item 4: enqueue no longer locks parents; new edges wait in hydra.edge_check until
+-- coordinate() has checked them. 0.1.0's edges were attached under its parent locks: none
+-- needs a check.
+CREATE TABLE hydra.edge_check (
+    child_id  bigint NOT NULL,
+    parent_id bigint NOT NULL,
+    CONSTRAINT edge_check_pkey PRIMARY KEY (child_id, parent_id)
+);
+SELECT pg_catalog.pg_extension_config_dump('hydra.edge_check', '');
+
 -- ---- extension/10_validate.sql ----
 -- Argument checks shared by the public functions. Each raises SQLSTATE 22023 with a message
 -- that starts with the argument's name, before anything is written.
@@ -83,20 +93,28 @@ RETURN coalesce(
     'name: ' OPERATOR(pg_catalog.||) hydra._name_problem(p_name),
     CASE WHEN p_num_attempts IS NULL OR p_num_attempts OPERATOR(pg_catalog.<) 1
               THEN 'num_attempts: must be at least 1'
-         WHEN p_lock_secs IS NULL OR p_lock_secs OPERATOR(pg_catalog.<) 0
-              THEN 'lock_secs: must be 0 or more'
-         WHEN p_factor IS NULL OR p_factor OPERATOR(pg_catalog.<) 1
-              THEN 'lock_secs_factor: must be at least 1'
-         WHEN p_delay IS NULL OR p_delay OPERATOR(pg_catalog.<) 0
-              THEN 'delay_secs: must be 0 or more'
+         -- Bounds (docs/design.md, "Bounds of numeric options"): seconds are 0 (where that
+         -- means "at once") or 0.001 to ten years, the factor 1 to 100. NaN and the
+         -- infinities fall outside every range (numeric sorts NaN above all numbers); 1e-400
+         -- or 1e131071 would underflow or overflow the double precision of an interval.
+         WHEN p_lock_secs IS NULL
+              OR NOT (p_lock_secs OPERATOR(pg_catalog.=) 0
+                      OR p_lock_secs OPERATOR(pg_catalog.>=) 0.001
+                         AND p_lock_secs OPERATOR(pg_catalog.<=) 315360000)
+              THEN 'lock_secs: must be 0 or between 0.001 and 315360000 (ten years)'
+         WHEN p_factor IS NULL
+              OR NOT (p_factor OPERATOR(pg_catalog.>=) 1 AND p_factor OPERATOR(pg_catalog.<=) 100)
+              THEN 'lock_secs_factor: must be between 1 and 100'
+         WHEN p_delay IS NULL
+              OR NOT (p_delay OPERATOR(pg_catalog.=) 0
+                      OR p_delay OPERATOR(pg_catalog.>=) 0.001
+                         AND p_delay OPERATOR(pg_catalog.<=) 315360000)
+              THEN 'delay_secs: must be 0 or between 0.001 and 315360000 (ten years)'
          WHEN p_cascade IS NULL THEN 'cascade_failure: must not be NULL'
-         WHEN p_max_processing IS NULL OR p_max_processing OPERATOR(pg_catalog.<=) 0
-              THEN 'max_processing_secs: must be greater than 0'
-         WHEN p_delay OPERATOR(pg_catalog.>) 315360000
-              OR p_max_processing OPERATOR(pg_catalog.>) 315360000
-              OR p_lock_secs OPERATOR(pg_catalog.>) 315360000
-              THEN 'delay_secs, lock_secs, max_processing_secs: must be at most 315360000 '
-                   '(ten years)' END);
+         WHEN p_max_processing IS NULL
+              OR NOT (p_max_processing OPERATOR(pg_catalog.>=) 0.001
+                      AND p_max_processing OPERATOR(pg_catalog.<=) 315360000)
+              THEN 'max_processing_secs: must be between 0.001 and 315360000 (ten years)' END);
 
 -- Checks the options every message carries; the arrays are aligned, one element per message.
 CREATE OR REPLACE FUNCTION hydra._check_message_options(
@@ -140,14 +158,24 @@ END
 $$;
 
 -- Seconds to wait after the k-th failed attempt: lock_secs * factor^(k-1), capped at ten years.
+-- Total: it never raises, whatever the row holds. Rows stored before 0.2.0's bounds may carry
+-- lock_secs 1e-400 or a factor of 1e131071, NaN or Infinity; the base is clamped to [0, ten
+-- years] and rounded to whole milliseconds, the factor clamped to [1, 100], and the growth is
+-- compared with the cap in log space before any power is taken (so neither numeric nor
+-- double precision can overflow or underflow).
 CREATE OR REPLACE FUNCTION hydra._backoff(p_lock_secs numeric, p_factor numeric, p_attempt integer)
 RETURNS interval
 LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
-RETURN make_interval(secs => least(
-    315360000::numeric,
-    p_lock_secs * power(p_factor, least(greatest(p_attempt - 1, 0), 200)::numeric)
-)::double precision);
+RETURN (SELECT make_interval(secs => CASE
+                   WHEN b.secs = 0 THEN 0
+                   WHEN b.k * ln(b.factor) >= ln(315360000 / b.secs) THEN 315360000
+                   ELSE least(b.secs * power(b.factor, b.k), 315360000) END)
+          FROM (SELECT round(least(greatest(coalesce(p_lock_secs, 0), 0), 315360000),
+                             3)::double precision AS secs,
+                       least(greatest(coalesce(p_factor, 1), 1), 100)::double precision
+                           AS factor,
+                       (greatest(coalesce(p_attempt, 1), 1) - 1)::double precision AS k) b);
 
 -- ---- extension/20_cron.sql ----
 -- hydramq: cron expressions evaluated in SQL.
@@ -615,14 +643,19 @@ DECLARE
     p_tz    ALIAS FOR $3;
     v_spec  hydra._cron_spec := hydra._cron_parse(p_expr);
     v_zone  text := hydra._cron_tz_name(p_tz);
+    v_next  timestamptz;
 BEGIN
     -- Evaluates in zone p_tz; the SET TimeZone clause restores the caller's zone on return.
+    -- Both ends of the range stay loadable by clients in every zone (Python's datetime ends
+    -- with year 9999): a fire time after 9999-12-30 00:00 UTC is NULL, "no next time", and a
+    -- schedule that meets it stops.
     IF p_after IS NULL OR NOT p_after BETWEEN '0001-01-02 00:00+00' AND '9999-12-30 00:00+00' THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
             MESSAGE = 'after: must be a finite timestamp between years 1 and 9999';
     END IF;
     PERFORM set_config('TimeZone', v_zone, true);
-    RETURN hydra._cron_next(v_spec, p_after);
+    v_next := hydra._cron_next(v_spec, p_after);
+    RETURN CASE WHEN v_next <= '9999-12-30 00:00+00' THEN v_next END;
 END;
 $$;
 
@@ -634,7 +667,8 @@ COMMENT ON FUNCTION hydra.cron_next(text, timestamptz, text) IS
 'First fire time of cron expression expr strictly after "after", evaluated on wall-clock time '
 'in IANA time zone tz (default UTC). DST: a time of day skipped by a spring-forward gap fires '
 'at the end of the gap, one repeated by a fall-back fires once; expressions whose hour field '
-'is * follow the clock. See docs/cron.md.';
+'is * follow the clock. "after" must lie between 0001-01-02 and 9999-12-30 00:00 UTC; a fire '
+'time after 9999-12-30 00:00 UTC is returned as NULL (none). See docs/cron.md.';
 
 REVOKE ALL ON FUNCTION hydra._cron_value(text, text, int, int, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION hydra._cron_field(text, text, int, int, text) FROM PUBLIC;
@@ -649,10 +683,10 @@ REVOKE ALL ON FUNCTION hydra.cron_validate(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION hydra.cron_next(text, timestamptz, text) FROM PUBLIC;
 
 -- ---- extension/30_enqueue.sql ----
--- Enqueue: the only way messages enter. Insert-only: it never updates a row and locks existing
--- rows only in two cases: FOR KEY SHARE on parents that are still unfinished (so that a parent's
--- deletion waits until this child's edge is committed) and the unique-index wait when another
--- open transaction enqueued the same de-duplication name.
+-- Enqueue: the only way messages enter. Insert-only: it never updates or locks an existing
+-- row (SPEC §4); it waits only on the unique index when another open transaction enqueued the
+-- same de-duplication name. Parents are read, never locked: an edge to an unfinished parent is
+-- also written to hydra.edge_check, and coordinate() makes sure the parent's finish saw it.
 
 -- Next virtual times for (channel, priority) pairs of a queue: after each channel's own tail,
 -- never before the round the queue is serving now (the head of the ready order). Reads only;
@@ -826,15 +860,14 @@ BEGIN
                     GROUP BY d.o, d.p HAVING count(*) > 1) THEN
             PERFORM hydra._invalid('depends_on', 'must not contain the same id twice');
         END IF;
-        -- Unfinished parents are key-share locked (ascending id, the global lock order) so
-        -- that their deletion waits for this edge; a missing id that the sequence issued has
-        -- finished successfully and been deleted.
-        SELECT coalesce(array_agg(p.id ORDER BY p.id), '{}'),
-               coalesce(array_agg(p.state ORDER BY p.id), '{}')
+        -- Parents are read without a lock (issue 9, item 4: a producer's open transaction
+        -- must never make another tenant's settlement wait); a parent that finishes while
+        -- this edge is uncommitted is caught by coordinate() through hydra.edge_check. A
+        -- missing id that the sequence issued has finished successfully and been deleted.
+        SELECT coalesce(array_agg(m.id), '{}'), coalesce(array_agg(m.state), '{}')
           INTO v_parent_ids, v_parent_states
-          FROM (SELECT m.id, m.state FROM hydra.message m
-                 WHERE m.id = ANY (p_dep_parents)
-                 ORDER BY m.id FOR KEY SHARE) p;
+          FROM hydra.message m
+         WHERE m.id = ANY (p_dep_parents);
         SELECT min(d.p) INTO v_missing
           FROM unnest(p_dep_parents) d(p)
          WHERE d.p <> ALL (v_parent_ids)
@@ -947,14 +980,19 @@ BEGIN
           FROM ins;
 
         IF v_inserted <> '{}' AND coalesce(array_length(p_dep_parents, 1), 0) > 0 THEN
-            INSERT INTO hydra.dependency (child_id, parent_id, resolved, parent_succeeded)
-            SELECT v_ids[d.ord], d.parent, ps.state IS NULL OR ps.state = 'failed',
-                   CASE WHEN ps.state IS NULL THEN true
-                        WHEN ps.state = 'failed' THEN false END
-              FROM unnest(p_dep_ords, p_dep_parents) AS d(ord, parent)
-              LEFT JOIN unnest(v_parent_ids, v_parent_states) AS ps(id, state)
-                ON ps.id = d.parent
-             WHERE v_ids[d.ord] = ANY (v_inserted);
+            WITH edges AS (
+                INSERT INTO hydra.dependency (child_id, parent_id, resolved, parent_succeeded)
+                SELECT v_ids[d.ord], d.parent, ps.state IS NULL OR ps.state = 'failed',
+                       CASE WHEN ps.state IS NULL THEN true
+                            WHEN ps.state = 'failed' THEN false END
+                  FROM unnest(p_dep_ords, p_dep_parents) AS d(ord, parent)
+                  LEFT JOIN unnest(v_parent_ids, v_parent_states) AS ps(id, state)
+                    ON ps.id = d.parent
+                 WHERE v_ids[d.ord] = ANY (v_inserted)
+                RETURNING child_id, parent_id, resolved
+            )
+            INSERT INTO hydra.edge_check (child_id, parent_id)
+            SELECT e.child_id, e.parent_id FROM edges e WHERE NOT e.resolved;
         END IF;
         IF v_any_ready THEN
             PERFORM hydra._wake_workers(p_queue);
@@ -1102,7 +1140,10 @@ COMMENT ON FUNCTION hydra.enqueue(jsonb, text, text, integer, text, integer, num
                                   numeric, bigint[], boolean, numeric) IS
 'Stores one message inside the caller''s transaction. Returns (result, message_id): result is
 ''enqueued'', ''deduplicated'' (a never-dequeued message with this name exists in the queue; its
-id is returned) or ''dropped'' (the channel is at max_size). Raises 22023 on bad input.';
+id is returned) or ''dropped'' (the channel is at max_size). Bounds: num_attempts >= 1;
+lock_secs and delay_secs 0 or 0.001 to 315360000 (ten years); max_processing_secs 0.001 to
+315360000; lock_secs_factor 1 to 100; priority > -2147483648. Raises 22023 naming the argument
+on bad input; nothing is written then.';
 
 -- The JSON elements of an enqueue_many call that the plain batch path cannot take: anything
 -- malformed (left to the precise checks of enqueue_many) and any key beyond the plain options
@@ -1188,7 +1229,10 @@ BEGIN
                w.delay = 0 AS ready
           FROM raw w
          WHERE NOT EXISTS (SELECT 1 FROM raw x
-                            WHERE x.priority !~ '^-?[0-9]+$' OR x.num_attempts !~ '^-?[0-9]+$')
+                            -- Nine digits always fit an integer; anything else (1.0, or
+                            -- 99999999999) is named by the general path's checks.
+                            WHERE x.priority !~ '^-?[0-9]{1,9}$'
+                               OR x.num_attempts !~ '^-?[0-9]{1,9}$')
     ), checked AS MATERIALIZED (
         SELECT k.*, hydra._message_problem(k.payload, k.channel, k.priority, NULL,
                         k.num_attempts, k.lock_secs, k.factor, k.delay, k.cascade,
@@ -1302,8 +1346,12 @@ BEGIN
      WHERE jsonb_typeof(e.elem) <> 'object' OR NOT e.elem ? 'payload'
      LIMIT 1;
     IF v_bad IS NULL THEN
+        -- An integer must also fit its type (an int4; an id a bigint): never a cast error.
         SELECT format('messages[%s].%s: %s', e.ord, k.key,
                       CASE WHEN t.kind IS NULL THEN 'unknown key'
+                           WHEN t.kind = 'an integer' AND jsonb_typeof(k.value) = 'number'
+                                AND k.value::text ~ '^-?[0-9]+$'
+                                THEN 'must be between -2147483648 and 2147483647'
                            ELSE 'must be ' || t.kind END)
           INTO v_bad
           FROM jsonb_array_elements(messages) WITH ORDINALITY e(elem, ord),
@@ -1319,13 +1367,21 @@ BEGIN
          WHERE t.kind IS NULL
             OR jsonb_typeof(k.value) <> 'null' AND CASE t.kind
                  WHEN 'a string' THEN jsonb_typeof(k.value) <> 'string'
-                 WHEN 'an integer' THEN jsonb_typeof(k.value) <> 'number'
-                                        OR k.value::text !~ '^-?[0-9]+$'
+                 WHEN 'an integer' THEN CASE WHEN jsonb_typeof(k.value) <> 'number'
+                                                  OR k.value::text !~ '^-?[0-9]{1,10}$'
+                                             THEN true
+                                             ELSE k.value::text::bigint
+                                                  NOT BETWEEN -2147483648 AND 2147483647 END
                  WHEN 'a number' THEN jsonb_typeof(k.value) <> 'number'
                  WHEN 'a boolean' THEN jsonb_typeof(k.value) <> 'boolean'
                  WHEN 'an array of integers'
                       THEN jsonb_typeof(k.value) <> 'array'
-                           OR jsonb_path_exists(k.value, '$[*] ? (@.type() != "number")')
+                           OR EXISTS (SELECT 1 FROM jsonb_array_elements(k.value) d
+                                       WHERE CASE WHEN jsonb_typeof(d) <> 'number'
+                                                    OR d::text !~ '^-?[0-9]{1,19}$' THEN true
+                                                  ELSE d::text::numeric NOT BETWEEN
+                                                       -9223372036854775808
+                                                       AND 9223372036854775807 END)
                  ELSE false END
          LIMIT 1;
     END IF;
@@ -1381,8 +1437,9 @@ COMMENT ON FUNCTION hydra.enqueue_many(jsonb, text, text, integer, text, integer
 'Stores many messages in one call. messages is a JSON array of objects with "payload" and any
 of the options of hydra.enqueue ("channel", "priority", "name", "num_attempts", "lock_secs",
 "lock_secs_factor", "delay_secs", "depends_on", "cascade_failure", "max_processing_secs"); a
-key present overrides the default given to this call. Returns (ord, result, message_id) per
-element, ord being its 1-based position.';
+key present overrides the default given to this call (bounds as for hydra.enqueue; integers
+must fit their type, depends_on ids a bigint). Returns (ord, result, message_id) per element,
+ord being its 1-based position.';
 
 -- ---- extension/40_dequeue.sql ----
 -- Dequeue: leases ready messages in the fair order (priority, then virtual time, then id).
@@ -1410,7 +1467,10 @@ BEGIN
            SET state = 'processing',
                attempt = m.attempt + 1,
                lease_token = gen_random_uuid(),
-               lease_expires_at = now() + make_interval(secs => m.max_processing_secs::float8)
+               -- Clamped to the bounds: a row stored before them (1e-400) must not raise
+               -- here, where it would fail every dequeue of the queue. Two comparisons.
+               lease_expires_at = now() + make_interval(
+                   secs => greatest(least(m.max_processing_secs, 315360000), 0.001)::float8)
          WHERE m.id = ANY (p_ids)
         RETURNING m.*
     )
@@ -1517,7 +1577,8 @@ BEGIN
                attempt = m.attempt + 1,
                slot_epoch = CASE WHEN t.takes_slot THEN t.epoch ELSE m.slot_epoch END,
                lease_token = gen_random_uuid(),
-               lease_expires_at = now() + make_interval(secs => m.max_processing_secs::float8)
+               lease_expires_at = now() + make_interval(   -- clamped: see _lease
+                   secs => greatest(least(m.max_processing_secs, 315360000), 0.001)::float8)
           FROM taken t
          WHERE m.id = t.id
         RETURNING m.*
@@ -1816,26 +1877,28 @@ RETURN EXISTS (SELECT 1 FROM hydra.complete_many(ARRAY[message_id], ARRAY[lease_
 COMMENT ON FUNCTION hydra.complete(bigint, uuid) IS
 'Marks one leased message as succeeded. Returns false when the lease is no longer held.';
 
--- Moves locked-by-caller processing messages to locked (retry after back-off) or failed.
--- Shared by fail_many and lease expiry; the caller has locked the rows FOR UPDATE, which waits
--- for producers attaching children (FOR KEY SHARE) so that every edge is seen.
-CREATE OR REPLACE FUNCTION hydra._settle_failures(p_ids bigint[], p_errors text[], p_retry boolean[])
-RETURNS SETOF hydra.fail_result
+-- The set-based core of _settle_failures: moves the given processing messages to locked
+-- (retry after back-off) or failed in one statement; returns the ids that failed and the slots
+-- (queue, channel, epoch) they held.
+CREATE OR REPLACE FUNCTION hydra._settle_rows(
+    p_ids        bigint[],
+    p_errors     text[],
+    p_retry      boolean[],
+    OUT failed   bigint[],
+    OUT queues   text[],
+    OUT channels text[],
+    OUT epochs   bigint[]
+)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
 SET jit = off
 AS $$
-DECLARE
-    v_failed   bigint[];
-    v_queues   text[];
-    v_channels text[];
-    v_epochs   bigint[];
 BEGIN
-    -- Decides retry vs finish per message; releases slots; records outcomes of finished ones.
-    -- The slot a message held is read before the update clears it, and handed through the
-    -- update's RETURNING (one probe per message; no join of the results back to the rows).
+    -- Decides retry vs finish per message. The slot a message held is read before the update
+    -- clears it, and handed through the update's RETURNING (one probe per message; no join of
+    -- the results back to the rows).
     WITH input AS MATERIALIZED (
         SELECT u.id, u.err, coalesce(u.retry, true) AS retry, o.queue, o.channel, o.slot_epoch
           FROM unnest(p_ids, p_errors, p_retry) u(id, err, retry)
@@ -1862,8 +1925,104 @@ BEGIN
            array_agg(u.queue) FILTER (WHERE u.slot_epoch IS NOT NULL),
            array_agg(u.channel) FILTER (WHERE u.slot_epoch IS NOT NULL),
            array_agg(u.slot_epoch) FILTER (WHERE u.slot_epoch IS NOT NULL)
-      INTO v_failed, v_queues, v_channels, v_epochs
+      INTO failed, queues, channels, epochs
       FROM upd u;
+END
+$$;
+
+-- The last resort of _settle_failures for one message whose settlement raised: failed at
+-- once, with the error kept, by an update that computes nothing from the row. Returns what
+-- _settle_rows returns for it.
+CREATE OR REPLACE FUNCTION hydra._settle_broken(
+    p_id         bigint,
+    p_error      text,
+    OUT failed   bigint[],
+    OUT queues   text[],
+    OUT channels text[],
+    OUT epochs   bigint[]
+)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+SET jit = off
+AS $$
+DECLARE
+    v_queue   text;
+    v_channel text;
+    v_epoch   bigint;
+BEGIN
+    -- processing -> failed; the slot it held is read first and returned for release. Ending
+    -- a message needs FOR UPDATE (children being attached; fail_many holds it already):
+    -- when a producer holds the row, it is left for the next call.
+    SELECT m.queue, m.channel, m.slot_epoch INTO v_queue, v_channel, v_epoch
+      FROM hydra.message m WHERE m.id = p_id
+       FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+        failed := '{}';
+        RETURN;
+    END IF;
+    UPDATE hydra.message m
+       SET state = 'failed', available_at = NULL, finished_at = now(), last_error = p_error,
+           lease_token = NULL, lease_expires_at = NULL, slot_epoch = NULL
+     WHERE m.id = p_id;
+    failed := CASE WHEN FOUND THEN ARRAY[p_id] ELSE '{}' END;
+    IF FOUND AND v_epoch IS NOT NULL THEN
+        queues := ARRAY[v_queue];
+        channels := ARRAY[v_channel];
+        epochs := ARRAY[v_epoch];
+    END IF;
+END
+$$;
+
+-- Moves locked-by-caller processing messages to locked (retry after back-off) or failed.
+-- Shared by fail_many and lease expiry; the caller has locked the rows FOR UPDATE, which waits
+-- for producers attaching children (FOR KEY SHARE) so that every edge is seen.
+-- One bad row never fails the batch: _backoff cannot raise on any stored value, and should
+-- the statement raise anyway (something no bound foresaw), the rows are settled again one at
+-- a time, and a row that still raises is failed without retry, the error in last_error. The
+-- common case pays one subtransaction per call (this is never the dequeue/complete path).
+CREATE OR REPLACE FUNCTION hydra._settle_failures(p_ids bigint[], p_errors text[], p_retry boolean[])
+RETURNS SETOF hydra.fail_result
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+SET jit = off
+AS $$
+DECLARE
+    v_failed   bigint[];
+    v_queues   text[];
+    v_channels text[];
+    v_epochs   bigint[];
+    v_one      record;
+    v_state    text;
+    v_text     text;
+BEGIN
+    -- Settles the rows; releases slots; records outcomes of finished ones.
+    BEGIN
+        SELECT r.failed, r.queues, r.channels, r.epochs
+          INTO v_failed, v_queues, v_channels, v_epochs
+          FROM hydra._settle_rows(p_ids, p_errors, p_retry) r;
+    EXCEPTION WHEN OTHERS THEN
+        v_failed := '{}';
+        FOR v_i IN 1 .. coalesce(cardinality(p_ids), 0) LOOP
+            BEGIN
+                SELECT r.* INTO v_one
+                  FROM hydra._settle_rows(p_ids[v_i:v_i], p_errors[v_i:v_i], p_retry[v_i:v_i]) r;
+            EXCEPTION WHEN OTHERS THEN
+                GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_text = MESSAGE_TEXT;
+                SELECT r.* INTO v_one
+                  FROM hydra._settle_broken(p_ids[v_i], format(
+                           'hydramq: settling this message raised %s (%s); failed without '
+                           'retry. Reported error: %s', v_state, v_text,
+                           coalesce(p_errors[v_i], '(none)'))) r;
+            END;
+            v_failed := v_failed || v_one.failed;
+            v_queues := v_queues || v_one.queues;
+            v_channels := v_channels || v_one.channels;
+            v_epochs := v_epochs || v_one.epochs;
+        END LOOP;
+    END;
     IF v_failed <> '{}' THEN
         PERFORM hydra._record_outcomes(v_failed, false);
     END IF;
@@ -1932,8 +2091,9 @@ $$;
 
 COMMENT ON FUNCTION hydra.fail_many(bigint[], uuid[], text[], boolean, boolean[]) IS
 'Reports failed attempts. With retry (default) and attempts left a message is locked for
-lock_secs * lock_secs_factor^(attempt-1) seconds, then ready again; otherwise it is failed at
-once. Returns (message_id, outcome, attempt, available_at); outcome is locked, failed or stale
+lock_secs * lock_secs_factor^(attempt-1) seconds (at most ten years), then ready again;
+otherwise it is failed at once. A message whose settlement raises is failed alone (the error in
+last_error); the others are settled. Returns (message_id, outcome, attempt, available_at); outcome is locked, failed or stale
 (the lease is no longer held: nothing changed).';
 
 CREATE OR REPLACE FUNCTION hydra.fail(
@@ -1966,12 +2126,13 @@ DECLARE
     v_deadline timestamptz;
 BEGIN
     -- Pushes the lease deadline to now + extend_secs (default: max_processing_secs).
-    IF extend_secs IS NOT NULL AND (extend_secs <= 0 OR extend_secs > 315360000) THEN
-        PERFORM hydra._invalid('extend_secs', 'must be greater than 0 and at most 315360000');
+    IF extend_secs IS NOT NULL AND NOT extend_secs BETWEEN 0.001 AND 315360000 THEN
+        PERFORM hydra._invalid('extend_secs', 'must be between 0.001 and 315360000 (ten years)');
     END IF;
+    -- The stored max_processing_secs is clamped to the bounds, as in _lease.
     UPDATE hydra.message m
-       SET lease_expires_at = now() + make_interval(
-               secs => coalesce(extend_secs, m.max_processing_secs)::float8)
+       SET lease_expires_at = now() + make_interval(secs => coalesce(extend_secs,
+               greatest(least(m.max_processing_secs, 315360000), 0.001))::float8)
      WHERE m.id = heartbeat.message_id AND m.lease_token = heartbeat.lease_token
     RETURNING m.lease_expires_at INTO v_deadline;
     RETURN v_deadline;
@@ -1979,8 +2140,9 @@ END
 $$;
 
 COMMENT ON FUNCTION hydra.heartbeat(bigint, uuid, numeric) IS
-'Extends the lease of a message being processed. Returns the new deadline, or NULL when the
-lease is no longer held (expired and re-delivered, or settled).';
+'Extends the lease of a message being processed to now + extend_secs (0.001 to 315360000,
+ten years; default: the message''s max_processing_secs). Returns the new deadline, or NULL when
+the lease is no longer held (expired and re-delivered, or settled).';
 
 -- ---- extension/60_policies.sql ----
 -- Channel policies: max_concurrency (slots, enforced by dequeue) and max_size (admission,
@@ -1990,8 +2152,12 @@ lease is no longer held (expired and re-delivered, or settled).';
 -- hold them), then the limit row; message rows after that only with SKIP LOCKED. This is
 -- the global order (message rows, then limit rows). Run one policy change per transaction.
 
--- Moves parked messages of a channel back to ready: up to p_limit of them (NULL: all), holding
--- a slot of epoch p_epoch (NULL: holding none).
+-- Moves parked messages of a channel back to ready: all of them (p_limit NULL, holding no
+-- slot), or those among the channel's best p_limit waiting for a slot of epoch p_epoch, which
+-- they take. Ready messages holding no such slot wait for one too: a parked message never
+-- takes a free slot ahead of an older or more urgent ready one (issue 9, item 5), which
+-- keeps the channel's order (priority, then FIFO); such a ready message gets its slot from
+-- the dequeue that leases it.
 CREATE OR REPLACE FUNCTION hydra._unpark(p_queue text, p_channel text, p_limit integer, p_epoch bigint)
 RETURNS integer
 LANGUAGE plpgsql
@@ -2008,6 +2174,14 @@ BEGIN
      WHERE m.id = ANY (ARRAY(
                SELECT p.id FROM hydra.message p
                 WHERE p.queue = p_queue AND p.channel = p_channel AND p.state = 'parked'
+                  AND (p_limit IS NULL
+                       OR p.id = ANY (ARRAY(
+                              SELECT w.id FROM hydra.message w
+                               WHERE w.queue = p_queue AND w.channel = p_channel
+                                 AND w.state IN ('ready', 'parked')
+                                 AND w.slot_epoch IS DISTINCT FROM p_epoch
+                               ORDER BY w.prio DESC, w.vtime, w.id
+                               LIMIT p_limit)))
                 ORDER BY p.prio DESC, p.vtime, p.id
                 LIMIT p_limit
                   FOR NO KEY UPDATE SKIP LOCKED));
@@ -2176,13 +2350,16 @@ SELECT l.queue, NULLIF(l.channel, '') AS channel, l.max_concurrency, l.max_size,
 
 CREATE OR REPLACE VIEW hydra.schedules AS
 SELECT s.queue, NULLIF(s.channel, '') AS channel, s.name, s.cron, s.tz,
-       s.next_fire_at, s.last_fire_at, s.last_error,
+       -- A stopped schedule ('infinity' in the table, so that it is never due) shows NULL:
+       -- clients such as Python cannot load 'infinity'.
+       NULLIF(s.next_fire_at, 'infinity') AS next_fire_at, s.last_fire_at, s.last_error,
        s.payload, s.priority, s.num_attempts, s.lock_secs, s.lock_secs_factor,
        s.max_processing_secs, s.created_at, s.updated_at
   FROM hydra.schedule s;
 
 COMMENT ON VIEW hydra.schedules IS
-    'Cron schedules with their next and last fire times (channel NULL = default channel).';
+    'Cron schedules with their next and last fire times (channel NULL = default channel;
+next_fire_at NULL = stopped: no next fire time, see last_error).';
 
 CREATE OR REPLACE FUNCTION hydra.schedule_set(
     name                text,
@@ -2321,8 +2498,9 @@ BEGIN
                 v_due.name, v_due.queue, NULLIF(v_due.channel, ''), v_due.next_fire_at, v_message;
         END;
 
-        -- Without a next tick (its zone vanished from the tz database, say) the schedule stops
-        -- at 'infinity' until schedule_set is called again.
+        -- Without a next tick (its zone vanished from the tz database, or the next one is
+        -- after year 9999: cron_next gives NULL) the schedule stops at 'infinity' (NULL in
+        -- hydra.schedules) until schedule_set is called again.
         UPDATE hydra.schedule s
            SET next_fire_at = coalesce(v_next, 'infinity'),
                last_fire_at = v_due.next_fire_at,
@@ -2552,6 +2730,69 @@ BEGIN
 END
 $$;
 
+-- Edges attached to a parent that was unfinished when the producer read it. Enqueue locks no
+-- parent (a producer's open transaction must never make another tenant's settlement wait), so
+-- a parent that finished while such an edge was still uncommitted did not see it and recorded
+-- no outcome for it. Each edge is checked once committed: a parent now gone (succeeded) or
+-- failed gets its outcome row (again, if need be) while the edge is unresolved; a parent still
+-- unfinished is key-share locked with SKIP LOCKED -- got, its finish has not started and will
+-- see the committed edge (the edge needs no more checks); busy (being settled right now), the
+-- edge is checked again next call. The lock is this coordinator's, held until it commits: a
+-- worker may wait for coordinate(), never for a producer.
+CREATE OR REPLACE FUNCTION hydra._check_new_edges(p_batch integer)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+SET jit = off
+AS $$
+DECLARE
+    v_children bigint[];
+    v_parents  bigint[];
+BEGIN
+    -- Check rows with SKIP LOCKED (another coordinator has them), one probe per parent.
+    SELECT coalesce(array_agg(c.child_id), '{}'), coalesce(array_agg(c.parent_id), '{}')
+      INTO v_children, v_parents
+      FROM (SELECT e.child_id, e.parent_id FROM hydra.edge_check e
+             ORDER BY e.child_id, e.parent_id
+             LIMIT p_batch
+               FOR UPDATE SKIP LOCKED) c;
+    IF v_children = '{}' THEN
+        RETURN;
+    END IF;
+    WITH seen AS MATERIALIZED (
+        SELECT u.c, u.p, s.state
+          FROM unnest(v_children, v_parents) u(c, p)
+          LEFT JOIN LATERAL (SELECT m.state FROM hydra.message m WHERE m.id = u.p LIMIT 1) s
+            ON true
+    ), held AS MATERIALIZED (
+        SELECT m.id, m.state FROM hydra.message m
+         WHERE m.id = ANY (ARRAY(SELECT s.p FROM seen s WHERE s.state <> 'failed'))
+           FOR KEY SHARE SKIP LOCKED
+    ), verdict AS MATERIALIZED (
+        SELECT s.c, s.p,
+               CASE WHEN s.state IS NULL THEN 'succeeded'
+                    WHEN s.state = 'failed' OR h.state = 'failed' THEN 'failed'
+                    WHEN h.id IS NULL THEN 'busy'
+                    ELSE 'watched' END AS v
+          FROM seen s
+          LEFT JOIN LATERAL (SELECT h.id, h.state FROM held h WHERE h.id = s.p LIMIT 1) h
+            ON true
+    ), outcomes AS (
+        INSERT INTO hydra.parent_outcome (parent_id, succeeded)
+        SELECT DISTINCT v.p, v.v = 'succeeded'
+          FROM verdict v
+         WHERE v.v IN ('succeeded', 'failed')
+           AND EXISTS (SELECT 1 FROM hydra.dependency d
+                        WHERE d.child_id = v.c AND d.parent_id = v.p AND NOT d.resolved)
+        ON CONFLICT (parent_id) DO NOTHING
+    )
+    DELETE FROM hydra.edge_check k
+     WHERE (k.child_id, k.parent_id) IN (SELECT v.c, v.p FROM verdict v WHERE v.v <> 'busy');
+END
+$$;
+
 -- Hands finished parents' outcomes down to their waiting children.
 CREATE OR REPLACE FUNCTION hydra._resolve_dependencies(p_batch integer)
 RETURNS SETOF hydra.event
@@ -2749,12 +2990,21 @@ BEGIN
     IF batch IS NULL OR batch < 1 OR batch > 100000 THEN
         PERFORM hydra._invalid('batch', 'must be between 1 and 100000');
     END IF;
-    IF failed_retention IS NULL OR failed_retention < interval '0' THEN
-        PERFORM hydra._invalid('failed_retention', 'must be 0 or more');
+    IF failed_retention IS NULL OR NOT failed_retention BETWEEN interval '0' AND interval '100 years'
+    THEN
+        PERFORM hydra._invalid('failed_retention', 'must be between 0 and 100 years');
     END IF;
+    -- Within the bounds by its total, yet made of parts that overflow (months of a million
+    -- years offset by days): the cut-off is computed once here, so _purge_failed cannot raise.
+    BEGIN
+        PERFORM now() - failed_retention;
+    EXCEPTION WHEN datetime_field_overflow OR interval_field_overflow THEN
+        PERFORM hydra._invalid('failed_retention', 'must be between 0 and 100 years');
+    END;
 
     RETURN QUERY SELECT * FROM hydra._expire_leases(batch);
     RETURN QUERY SELECT * FROM hydra._unlock_due(batch);
+    PERFORM hydra._check_new_edges(batch);
     -- Cascades travel one DAG level per round.
     LOOP
         v_rounds := v_rounds + 1;
@@ -2779,7 +3029,8 @@ COMMENT ON FUNCTION hydra.coordinate(integer, interval) IS
 leases (a failed attempt), unlocks messages whose back-off is over, resolves dependencies
 (cascading failures), releases delayed messages (through max_size admission), fires due
 schedules and deletes failed messages older than failed_retention. Safe to run from any number
-of sessions at once (pg_cron included). Returns one row per transition (SPEC event names).';
+of sessions at once (pg_cron included). Returns one row per transition (SPEC event names).
+Bounds: batch 1 to 100000, failed_retention 0 to 100 years.';
 
 -- Idle-worker bookkeeping for the driver's LISTEN/NOTIFY wake-ups.
 CREATE OR REPLACE FUNCTION hydra.worker_idle(queues text[])
@@ -2787,6 +3038,8 @@ RETURNS void
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
+    -- Queue names obey the rules of every other name (22023 naming queues).
+    SELECT hydra._check_name('queues', q, true) FROM unnest(queues) q;
     INSERT INTO hydra.waiting_worker (queue, backend_pid)
     SELECT DISTINCT q, pg_backend_pid() FROM unnest(queues) q
      WHERE q IS NOT NULL
@@ -2814,6 +3067,142 @@ END;
 
 COMMENT ON FUNCTION hydra.worker_busy() IS
 'Removes this session from the idle-worker list (see hydra.worker_idle).';
+
+-- ---- extension/82_coordinate_loop.sql ----
+-- Coordination from a scheduler that starts a statement at most once a minute (pg_cron 1.4):
+-- hydra.coordinate_loop runs hydra.coordinate() round after round, committing after each, until
+-- the end of the period it started in. It holds no row lock and no snapshot between rounds, so
+-- any number of loops, coordinators and workers run beside it (coordinate() uses SKIP LOCKED).
+
+-- Why a procedure with no SET clause, alone in this extension: PostgreSQL forbids COMMIT in a
+-- procedure that has a SET clause or is SECURITY DEFINER, and without a COMMIT per round now()
+-- would stand still and nothing it did would be visible until the end of the minute. So this
+-- runs as its caller with the caller's search_path, and is written to bind nothing through it:
+-- every function, operator and non-keyword type is schema-qualified (pg_catalog., hydra.,
+-- OPERATOR(pg_catalog.x)); what touches the queue is hydra.coordinate(), which is SECURITY
+-- DEFINER with a pinned search_path. Its caller needs EXECUTE on both (hydra.grant_admin).
+-- Contract: takes no lock itself; each round is one hydra.coordinate() call in its own
+-- transaction (its lock order is coordinate()'s); a round that hits a transient error
+-- (serialization failure, deadlock, lock not available) is rolled back, counted in
+-- "retried" with a WARNING, and the next round goes on; any other error ends the call.
+CREATE OR REPLACE PROCEDURE hydra.coordinate_loop(
+    period                 interval          DEFAULT '1 minute',
+    poll_secs              numeric           DEFAULT 0.5,
+    batch                  integer           DEFAULT 1000,
+    failed_retention       interval          DEFAULT '7 days',
+    INOUT rounds           integer           DEFAULT NULL,
+    INOUT transitions      pg_catalog.jsonb  DEFAULT NULL,
+    INOUT retried          integer           DEFAULT NULL
+)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_started  timestamp with time zone := pg_catalog.clock_timestamp();
+    v_end      timestamp with time zone;
+    v_timeout  interval := pg_catalog.current_setting('statement_timeout')::interval;
+    v_events   bigint;
+    v_counts   pg_catalog.jsonb;
+    v_state    pg_catalog.text;
+    v_message  pg_catalog.text;
+BEGIN
+    -- Rounds of coordinate() until the end of the current period, sleeping poll_secs between
+    -- rounds that found less than a full batch of work.
+    IF period IS NULL OR period OPERATOR(pg_catalog.<) interval '1 second'
+       OR period OPERATOR(pg_catalog.>) interval '1 day' THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'period: must be between 1 second and 1 day';
+    END IF;
+    IF poll_secs IS NULL OR poll_secs OPERATOR(pg_catalog.<) 0
+       OR poll_secs OPERATOR(pg_catalog.>) 60 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'poll_secs: must be between 0 and 60';
+    END IF;
+    -- Periods are counted from a whole UTC day, as cron counts minutes and hours: a job run
+    -- every minute (or */5 minutes, or hourly) ends just as its next run is due, and a run
+    -- that pg_cron starts late (it queues a run while the previous one lasts) ends early.
+    v_end := pg_catalog.date_bin(period, v_started,
+                                 timestamp with time zone '2001-01-01 00:00:00+00')
+             OPERATOR(pg_catalog.+) period;
+    -- statement_timeout counts from the start of the CALL, whatever it commits: end a second
+    -- before it would cancel the loop (and say so: due work then waits for the next run).
+    IF v_timeout OPERATOR(pg_catalog.>) interval '0'
+       AND v_started OPERATOR(pg_catalog.+) v_timeout OPERATOR(pg_catalog.-) interval '1 second'
+           OPERATOR(pg_catalog.<) v_end THEN
+        RAISE WARNING 'hydramq: coordinate_loop ends % s early, at %: statement_timeout is %',
+            pg_catalog.round(pg_catalog.date_part('epoch', v_end OPERATOR(pg_catalog.-)
+                v_started OPERATOR(pg_catalog.-) v_timeout)::numeric OPERATOR(pg_catalog.+) 1, 1),
+            v_started OPERATOR(pg_catalog.+) v_timeout OPERATOR(pg_catalog.-) interval '1 second',
+            v_timeout
+            USING HINT = 'Set statement_timeout to 0 for the role that runs it: '
+                         'ALTER ROLE ... SET statement_timeout = 0.';
+        v_end := v_started OPERATOR(pg_catalog.+) v_timeout
+                 OPERATOR(pg_catalog.-) interval '1 second';
+    END IF;
+    rounds := 0;
+    transitions := '{}';
+    retried := 0;
+
+    LOOP
+        rounds := rounds OPERATOR(pg_catalog.+) 1;
+        v_events := 0;
+        BEGIN
+            SELECT COALESCE(pg_catalog.sum(c.n), 0),
+                   pg_catalog.jsonb_object_agg(c.event, c.n)
+              INTO v_events, v_counts
+              FROM (SELECT e.event, pg_catalog.count(*) AS n
+                      FROM hydra.coordinate(batch, failed_retention) e
+                     GROUP BY e.event) c;
+        EXCEPTION WHEN serialization_failure OR deadlock_detected OR lock_not_available THEN
+            GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT;
+            retried := retried OPERATOR(pg_catalog.+) 1;
+            v_counts := NULL;
+            RAISE WARNING 'hydramq: coordinate_loop round % rolled back (%: %); the next round retries',
+                rounds, v_state, v_message;
+        END;
+        COMMIT;
+
+        IF v_counts IS NOT NULL THEN
+            SELECT pg_catalog.jsonb_object_agg(t.key, t.n)
+              INTO transitions
+              FROM (SELECT a.key, pg_catalog.sum(a.n) AS n
+                      FROM (SELECT j.key, j.value::bigint AS n
+                              FROM pg_catalog.jsonb_each_text(transitions) j
+                            UNION ALL
+                            SELECT j.key, j.value::bigint
+                              FROM pg_catalog.jsonb_each_text(v_counts) j) a
+                     GROUP BY a.key) t;
+        END IF;
+
+        EXIT WHEN pg_catalog.clock_timestamp() OPERATOR(pg_catalog.>=) v_end;
+        -- A full batch of some kind of work: more is probably due, go again at once.
+        IF v_events OPERATOR(pg_catalog.<) batch THEN
+            PERFORM pg_catalog.pg_sleep(LEAST(
+                poll_secs,
+                pg_catalog.date_part('epoch', v_end OPERATOR(pg_catalog.-)
+                                              pg_catalog.clock_timestamp())::numeric));
+            EXIT WHEN pg_catalog.clock_timestamp() OPERATOR(pg_catalog.>=) v_end;
+        END IF;
+    END LOOP;
+
+    -- pg_cron records only a command tag: this line in the server log says what a run did.
+    RAISE LOG 'hydramq: coordinate_loop: % rounds in % s, transitions %, retried rounds %',
+        rounds,
+        pg_catalog.round(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()
+                                                        OPERATOR(pg_catalog.-) v_started)::numeric, 1),
+        transitions, retried;
+END
+$$;
+
+COMMENT ON PROCEDURE hydra.coordinate_loop(interval, numeric, integer, interval, integer,
+                                           pg_catalog.jsonb, integer) IS
+'For pg_cron, whose shortest interval is a minute: CALL hydra.coordinate_loop() runs
+hydra.coordinate(batch, failed_retention) round after round, committing after each and sleeping
+poll_secs between rounds that found less than a full batch, until the end of the period it
+started in (periods count from midnight UTC: the default 1 minute ends at the next whole
+minute, just as a "* * * * *" job runs again). Due work is thus handled within about poll_secs.
+Must be called on its own, outside a transaction block. Returns rounds, transitions (a count
+per event name) and retried (rounds rolled back by a transient error and tried again); the
+server log gets the same as one LOG line. Needs hydra.grant_admin.';
 
 -- ---- extension/85_status.sql ----
 -- Read-only views for operators and the CLI's status command.
@@ -2843,12 +3232,13 @@ DO $$
 DECLARE
     v_fn regprocedure;
 BEGIN
-    -- Functions are executable by PUBLIC by default: take that back from every one of ours.
+    -- Functions are executable by PUBLIC by default: take that back from every one of ours
+    -- (ROUTINE: procedures too -- ON FUNCTION refuses a procedure).
     FOR v_fn IN
         SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
          WHERE p.pronamespace = 'hydra'::regnamespace
     LOOP
-        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', v_fn);
+        EXECUTE format('REVOKE ALL ON ROUTINE %s FROM PUBLIC', v_fn);
     END LOOP;
 END
 $$;
@@ -2894,6 +3284,7 @@ BEGIN ATOMIC
         ('admin', 'function', 'hydra.channel_policy_set(text,integer,integer,text)'),
         ('admin', 'function', 'hydra.channel_policy_clear(text,text)'),
         ('admin', 'function', 'hydra.coordinate(integer,interval)'),
+        ('admin', 'function', 'hydra.coordinate_loop(interval,numeric,integer,interval,integer,jsonb,integer)'),
         ('admin', 'function', 'hydra.schedule_set(text,text,jsonb,text,text,text,integer,integer,numeric,numeric,numeric)'),
         ('admin', 'function', 'hydra.schedule_clear(text,text,text)'),
         ('admin', 'view', 'hydra.schedules'),
@@ -2917,7 +3308,7 @@ BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA hydra TO %s', p_role);
     FOR v_obj IN SELECT * FROM hydra._job_objects(p_job) LOOP
         IF v_obj.kind = 'function' THEN
-            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s',
+            EXECUTE format('GRANT EXECUTE ON ROUTINE %s TO %s',  -- procedures too
                            to_regprocedure(v_obj.object), p_role);
         ELSE
             EXECUTE format('GRANT SELECT ON %s TO %s', to_regclass(v_obj.object), p_role);

@@ -96,7 +96,11 @@ def test_every_function_in_schema_hydra_pins_search_path(db: Conn) -> None:
     assert len(rows) > 20
     unpinned = [name for name, config, bound in rows
                 if PINNED not in (config or []) and not bound]
-    assert unpinned == []
+    # The one exception: a procedure that COMMITs between rounds, which PostgreSQL forbids
+    # with a SET clause; it qualifies every name instead and runs as its caller (see
+    # extension/82_coordinate_loop.sql; tests/test_pg_cron.py plants look-alikes against it).
+    assert unpinned == ["hydra.coordinate_loop(interval,numeric,integer,interval,integer,"
+                        "jsonb,integer)"]
     bound_names = sorted(name for name, config, bound in rows if bound and not config)
     assert bound_names == ["hydra._message_problem(jsonb,text,integer,text,integer,numeric,"
                            "numeric,numeric,boolean,numeric)", "hydra._name_problem(text)"]
