@@ -4,7 +4,8 @@ Each call appends its start, as ``id attempt pid start_time lease_expires_at``, 
 ``starts.log`` in ``$DRIVER_TASKS_DIR``, sleeps a few milliseconds (so that kills find work in
 flight) and appends ``id attempt pid ok|fail`` to ``ends.log``. Whether an attempt fails is a
 function of (message id, attempt) -- about 10% of them -- so that the test can tell what each
-attempt was meant to do without trusting the worker that ran it.
+attempt was meant to do without trusting the worker that ran it. A payload ``{"die": true}``
+SIGKILLs the worker process that runs it (a message that keeps killing its workers).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -45,6 +47,8 @@ async def handle(message: Message) -> None:
     mid, attempt, pid = message.id, message.attempt, os.getpid()
     expires = message.lease_expires_at.timestamp()
     _append("starts.log", f"{mid} {attempt} {pid} {time.time():.6f} {expires:.6f}")
+    if isinstance(message.payload, dict) and message.payload.get("die"):
+        os.kill(pid, signal.SIGKILL)
     await asyncio.sleep(pace(mid, attempt))
     failed = fails(mid, attempt)
     _append("ends.log", f"{mid} {attempt} {pid} {'fail' if failed else 'ok'}")

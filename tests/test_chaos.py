@@ -37,6 +37,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ import psycopg
 import pytest
 from chaos_tasks import FAILURE, fails
 from helpers import CAP_VIOLATIONS
+from psycopg import sql
 from test_driver_daemons import Daemon, wait_until
 
 from hydramq import Client
@@ -83,20 +85,27 @@ LEASE_EXPIRED = "lease expired"  # last_error of an attempt ended by lease expir
 
 @pytest.fixture(scope="module")
 def chaos_server() -> Iterator[LocalServer]:
-    """A throwaway server of the suite's kind, crash-safe (fsync on), with a database 'chaos'."""
+    """A throwaway server of the suite's kind, crash-safe (fsync on)."""
     if os.environ.get("DATABASE_URL"):
-        pytest.skip("the chaos test crashes its server: it needs a throwaway one")
+        pytest.skip("the chaos tests crash their server: they need a throwaway one")
     kind = os.environ.get("HYDRAMQ_TEST_SERVER", "embedded").strip() or "embedded"
     server = start_server(kind, fsync=True)
     try:
         server.install_extension_files()
-        with psycopg.connect(server.dsn(), autocommit=True) as conn:
-            conn.execute("CREATE DATABASE chaos")
-        with psycopg.connect(server.dsn("chaos"), autocommit=True) as conn:
-            conn.execute("CREATE EXTENSION hydramq")
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def chaos_dsn(chaos_server: LocalServer) -> str:
+    """A database of this test's own on the chaos server, with the extension."""
+    name = f"chaos_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(chaos_server.dsn(), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    with psycopg.connect(chaos_server.dsn(name), autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION hydramq")
+    return chaos_server.dsn(name)
 
 
 def crash_and_restart(server: LocalServer) -> None:
@@ -157,14 +166,16 @@ class Delivery:
 
 
 def deliveries(workdir: Path) -> list[Delivery]:
+    # Ends first: a handler logs its start before its end, so every end read has its start.
+    ends_log, starts_log = workdir / "ends.log", workdir / "starts.log"
+    ends = ends_log.read_text().splitlines() if ends_log.exists() else []
+    starts = starts_log.read_text().splitlines() if starts_log.exists() else []
     out: dict[tuple[int, int, int], Delivery] = {}
-    starts = workdir / "starts.log"
-    for line in starts.read_text().splitlines() if starts.exists() else []:
+    for line in starts:
         mid, attempt, pid, t, expires = line.split()
         d = Delivery(int(mid), int(attempt), int(pid), float(t), float(expires))
         out[(d.id, d.attempt, d.pid)] = d
-    ends = workdir / "ends.log"
-    for line in ends.read_text().splitlines() if ends.exists() else []:
+    for line in ends:
         mid, attempt, pid, outcome = line.split()
         out[(int(mid), int(attempt), int(pid))].outcome = outcome
     return sorted(out.values(), key=lambda d: d.started)
@@ -218,9 +229,9 @@ def worker_sessions(admin: Admin, pid: int) -> int:
 
 
 def test_chaos_loses_nothing_and_explains_every_redelivery(
-    chaos_server: LocalServer, tmp_path: Path
+    chaos_server: LocalServer, chaos_dsn: str, tmp_path: Path
 ) -> None:
-    dsn = chaos_server.dsn("chaos")
+    dsn = chaos_dsn
     admin = Admin(dsn)
     channels = [f"c{i:02d}" for i in range(PLAN.channels)]
     caps = {ch: 1 + i % 3 for i, ch in enumerate(channels[: PLAN.capped])}
@@ -413,3 +424,56 @@ def test_chaos_loses_nothing_and_explains_every_redelivery(
     )
     admin.close()
 
+
+
+def test_a_message_that_kills_every_worker_is_delivered_num_attempts_times_then_fails(
+    chaos_dsn: str, tmp_path: Path
+) -> None:
+    """The bound on a message that keeps killing its workers (SPEC section 6): each expired
+    lease is a failed attempt, so it is delivered at most ``num_attempts`` times, then failed
+    with 'lease expired'; the messages its workers held alongside it are all served."""
+    admin = Admin(dsn := chaos_dsn)
+    options: dict[str, Any] = {"lock_secs": 0.1, "max_processing_secs": 1}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        client = Client(conn)
+        poison = client.enqueue(
+            {"die": True}, channel="poison", num_attempts=NUM_ATTEMPTS, **options
+        ).message_id
+        # Leased next to the poison, they lose an attempt each time it kills their worker.
+        normal = [r.message_id for r in client.enqueue_many(
+            [{"payload": {"n": n}, "channel": "ok"} for n in range(30)], num_attempts=10,
+            **options)]
+    daemons = [Daemon(["coordinator", "--interval", "0.1"], dsn, tmp_path, "coordinator")]
+    try:
+        for i in range(2 * NUM_ATTEMPTS):  # bounded: each round kills one worker at most
+            if admin.one("SELECT state FROM hydra.message WHERE id = %s", (poison,)) == "failed":
+                break
+            w = Daemon(["worker", "chaos_tasks:handle", "--slots", "4"], dsn, tmp_path,
+                       f"worker-{i}")
+            daemons.append(w)
+            wait_until(lambda w=w: not w.alive() or admin.one(
+                "SELECT state FROM hydra.message WHERE id = %s", (poison,)) == "failed",
+                30, "the poison message to kill the worker or to fail")
+        state, attempt, error = admin.rows(
+            "SELECT state, attempt, last_error FROM hydra.message WHERE id = %s", (poison,))[0]
+        assert (state, attempt, error) == ("failed", NUM_ATTEMPTS, LEASE_EXPIRED)
+        runs = [d for d in deliveries(tmp_path) if d.id == poison]
+        assert [d.attempt for d in runs] == list(range(1, NUM_ATTEMPTS + 1))
+        killed = {w.proc.pid for w in daemons[1:] if w.proc.poll() == -signal.SIGKILL}
+        assert {d.pid for d in runs} == killed and len(killed) == NUM_ATTEMPTS
+        # The poison never runs again; a healthy worker drains what the dead ones held.
+        w = Daemon(["worker", "chaos_tasks:handle", "--slots", "4"], dsn, tmp_path, "drain")
+        daemons.append(w)
+        wait_until(lambda: admin.one("SELECT count(*) FROM hydra.message") == 1, 30,
+                   "the other messages to complete")
+        for d in (w, daemons[0]):
+            d.signal(signal.SIGTERM)
+            assert d.wait(20) == 0, d.log
+        assert {d.id for d in deliveries(tmp_path) if d.outcome == "ok"} >= set(normal)
+        assert len([d for d in deliveries(tmp_path) if d.id == poison]) == NUM_ATTEMPTS
+    finally:
+        admin.close()
+        for d in daemons:
+            if d.alive():
+                d.proc.kill()
+                d.proc.wait()
