@@ -425,6 +425,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         events=_dispatcher(args),
         name=args.name or f"hydramq-worker-{os.getpid()}",
         parent_pid=args.parent_pid,
+        pgbouncer=args.pgbouncer,
+        listen_dsn=args.listen_dsn,
     )
     code = asyncio.run(worker.run())
     if code != EXIT_OK:
@@ -549,7 +551,11 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
     if args.batch < 1 or args.interval < 0:
         raise UsageError("--batch must be at least 1 and --interval not negative")
     coordinator = Coordinator(
-        dsn, batch=args.batch, interval=args.interval, events=_dispatcher(args)
+        dsn,
+        batch=args.batch,
+        interval=args.interval,
+        events=_dispatcher(args),
+        pgbouncer=args.pgbouncer,
     )
     code = asyncio.run(coordinator.run())
     if code != EXIT_OK:
@@ -749,6 +755,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 # -- parser --------------------------------------------------------------------------------
 
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _add_pgbouncer_option(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--pgbouncer",
+        action="store_true",
+        default=_env_flag("HYDRAMQ_PGBOUNCER"),
+        help="--dsn goes through PgBouncer in transaction pooling mode: no server-side "
+        "prepared statements, no LISTEN on it (default: $HYDRAMQ_PGBOUNCER=1)",
+    )
+
 DESCRIPTION = """\
 hydramq: a fair, multi-tenant message queue inside PostgreSQL.
 
@@ -863,7 +883,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--no-listen",
         action="store_true",
-        help="poll only, no LISTEN (for PgBouncer in transaction pooling mode)",
+        help="poll only, no LISTEN",
+    )
+    _add_pgbouncer_option(s)
+    s.add_argument(
+        "--listen-dsn",
+        default=os.environ.get("HYDRAMQ_LISTEN_DSN") or None,
+        metavar="DSN",
+        help="LISTEN for wake-ups on this connection (direct to the server, or a session-"
+        "pooled port) instead of --dsn; with --pgbouncer, without it the worker polls "
+        "(default: $HYDRAMQ_LISTEN_DSN)",
     )
     s.add_argument(
         "--poll-max",
@@ -894,6 +923,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--interval", type=float, default=0.5, help="seconds between calls when idle (default 0.5)"
     )
+    _add_pgbouncer_option(s)
     s.add_argument(
         "--on-event",
         action="append",

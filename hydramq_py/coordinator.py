@@ -6,7 +6,8 @@ in bounded batches and returns one row per event. This loop calls it again at on
 returns a full batch (more work is probably due), otherwise every ``interval`` seconds, and
 hands the rows to ``on_event`` subscribers after each call committed. Any number of
 coordinators may run at once (the SQL takes its rows with SKIP LOCKED). Same signal handling
-and outage behaviour as the worker.
+and outage behaviour as the worker. ``pgbouncer=True`` (PgBouncer in transaction pooling mode)
+sends every statement unprepared; the coordinator keeps no other session state.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class Coordinator:
         interval: float = 0.5,
         events: EventDispatcher | None = None,
         name: str = "hydramq-coordinator",
+        pgbouncer: bool = False,
     ) -> None:
         if batch < 1:
             raise ValueError("batch must be at least 1")
@@ -56,7 +58,8 @@ class Coordinator:
         self.name = name
         self.stats = CoordinatorStats()
         self.stopper = Stopper()
-        self._pool = make_pool(dsn, min_size=1, max_size=1, name=name)
+        self.pgbouncer = pgbouncer
+        self._pool = make_pool(dsn, min_size=1, max_size=1, name=name, prepare=not pgbouncer)
 
     def on_event(self, callback: S, *, events: Sequence[str | type[Event]] | None = None) -> S:
         """Subscribe ``callback`` to the events of each coordination call (after commit)."""
@@ -88,10 +91,11 @@ class Coordinator:
             self.stopper.install_signal_handlers(self.name)
         await self._pool.open(wait=False)
         log.info(
-            "%s: started (batch=%d, interval=%.3fs, pid=%d)",
+            "%s: started (batch=%d, interval=%.3fs, pgbouncer=%s, pid=%d)",
             self.name,
             self.batch,
             self.interval,
+            self.pgbouncer,
             os.getpid(),
         )
         main = asyncio.create_task(self._loop())

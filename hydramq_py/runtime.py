@@ -6,7 +6,8 @@
   back-off when the database is unreachable or the connection dropped; it gives up only when
   the caller says so (a stop). A lost connection is logged, never fatal.
 * :func:`make_pool` opens an autocommit ``AsyncConnectionPool`` that starts even while the
-  database is down (it keeps trying in the background).
+  database is down (it keeps trying in the background), without server-side prepared
+  statements when the daemon runs behind PgBouncer (``pgbouncer=True``).
 """
 
 from __future__ import annotations
@@ -171,13 +172,23 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
-def make_pool(dsn: str, *, min_size: int, max_size: int, name: str) -> AsyncConnectionPool[Any]:
-    """An autocommit pool; open it with ``await pool.open()`` (does not wait for the server)."""
+def make_pool(
+    dsn: str, *, min_size: int, max_size: int, name: str, prepare: bool = True
+) -> AsyncConnectionPool[Any]:
+    """An autocommit pool; open it with ``await pool.open()`` (does not wait for the server).
+
+    ``prepare=False`` turns off psycopg's automatic server-side prepared statements
+    (``prepare_threshold=None``): behind PgBouncer in transaction pooling mode (before 1.21,
+    or without ``max_prepared_statements``) a statement prepared in one transaction's server
+    session is missing, or already exists, in the next one's."""
+    kwargs: dict[str, Any] = {"autocommit": True, "application_name": name}
+    if not prepare:
+        kwargs["prepare_threshold"] = None
     return AsyncConnectionPool(
         dsn,
         min_size=min_size,
         max_size=max_size,
-        kwargs={"autocommit": True, "application_name": name},
+        kwargs=kwargs,
         open=False,
         name=name,
     )

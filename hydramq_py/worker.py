@@ -20,7 +20,11 @@ the handler:
   (``poll_min`` → ``poll_max``) for messages that become ready by time (delays, back-off).
   Enqueue NOTIFYs only while some worker is registered idle, which keeps NOTIFY — whose commits
   PostgreSQL serialises — off the hot enqueue path. On getting work it calls
-  ``hydra.worker_busy()``. ``listen=False`` (PgBouncer transaction pooling) polls only.
+  ``hydra.worker_busy()``. ``listen=False`` polls only.
+* **PgBouncer** in transaction pooling mode (``pgbouncer=True``): statements are sent
+  unprepared, and no LISTEN (nor the idle registration, which names the server session) goes
+  through the pooled ``dsn``: the worker LISTENs on ``listen_dsn`` (a direct or session-pooled
+  connection) when given, else polls only.
 * **Stop.** The first SIGTERM/SIGINT stops dequeuing, lets in-flight handlers finish, flushes
   acknowledgements and returns 0; a second one returns :data:`EXIT_FORCED` at once, leaving
   in-flight messages to lease expiry (they are re-delivered: at-least-once).
@@ -102,6 +106,8 @@ class Worker:
         events: EventDispatcher | None = None,
         name: str = "hydramq-worker",
         parent_pid: int | None = None,
+        pgbouncer: bool = False,
+        listen_dsn: str | None = None,
     ) -> None:
         if slots < 1:
             raise ValueError("slots must be at least 1")
@@ -128,8 +134,17 @@ class Worker:
         self._running: dict[asyncio.Task[None], Message] = {}
         self._slot_freed = asyncio.Event()
         self._executor: ThreadPoolExecutor | None = None
-        self._pool = make_pool(dsn, min_size=2, max_size=3, name=name)
-        self._listener = _Listener(dsn, self.queues, self.stopper, name) if listen else None
+        self.pgbouncer = pgbouncer
+        self._pool = make_pool(dsn, min_size=2, max_size=3, name=name, prepare=not pgbouncer)
+        # LISTEN and hydra.worker_idle need one server session throughout: never through a
+        # transaction pool.
+        listen_on = listen_dsn or (None if pgbouncer else dsn)
+        self.listen = listen and listen_on is not None
+        self._listener = (
+            _Listener(listen_on, self.queues, self.stopper, name)
+            if listen and listen_on is not None
+            else None
+        )
         self._acks = _Acks(self)
 
     def on_event(self, callback: S, *, events: Sequence[str | type[Event]] | None = None) -> S:
@@ -150,12 +165,13 @@ class Worker:
             )
         await self._pool.open(wait=False)
         log.info(
-            "%s: started (queues=%s, slots=%d, batch=%d, listen=%s, pid=%d)",
+            "%s: started (queues=%s, slots=%d, batch=%d, listen=%s, pgbouncer=%s, pid=%d)",
             self.name,
             ",".join(self.queues),
             self.slots,
             self.batch,
             self.listen,
+            self.pgbouncer,
             os.getpid(),
         )
         helpers = [asyncio.create_task(self._acks.run(), name="hydramq-acks")]
