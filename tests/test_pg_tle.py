@@ -489,3 +489,42 @@ def test_lookalikes_planted_in_public_never_run(
         with pytest.raises(psycopg.errors.RaiseException, match="planted"):
             conn.execute("SELECT 1.5::numeric < 2")
         assert planted_calls(conn) == 1
+
+
+def test_updating_a_0_1_0_registered_in_public_binds_nothing_planted_there(
+    pg_tle_server: PgTleServer, new_database: NewDatabase
+) -> None:
+    """0.1.0's `install --pg-tle` passed no schema: its extension lives in public, where
+    look-alikes may be planted later. The update to 0.2.0 re-creates every function and view:
+    none binds to them, and the catalog is a fresh install's but for the extension's schema."""
+    up, fresh = new_database(), new_database()
+    register_released(pg_tle_server, up, schema=None)
+    with connect(pg_tle_server, up, user=APP_OWNER) as conn:
+        conn.execute("CREATE EXTENSION hydramq VERSION '0.1.0'")
+    assert extension_row(pg_tle_server, up) == ("0.1.0", "public", APP_OWNER)
+    with connect(pg_tle_server, up) as conn:
+        plant(conn)
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} SET search_path = public, pg_catalog").format(
+                sql.Identifier(up)
+            )
+        )
+    register_hydramq(pg_tle_server.dsn(), up)
+    with connect(pg_tle_server, up, user=APP_OWNER) as conn:
+        conn.execute("ALTER EXTENSION hydramq UPDATE")
+    install_hydramq(pg_tle_server.dsn(), fresh)
+    with connect(pg_tle_server, up) as upgraded:
+        exercise(upgraded)
+        assert planted_calls(upgraded) == 0
+    # Snapshots read with public out of the path: deparsing would otherwise qualify the
+    # names that a planted look-alike shadows.
+    pinned = {"options": "-c search_path=pg_catalog"}
+    with connect(pg_tle_server, up, **pinned) as upgraded, connect(
+        pg_tle_server, fresh, **pinned
+    ) as installed:
+        diff = catalog_diff(catalog_snapshot(upgraded), catalog_snapshot(installed))
+    version = load_scripts().default_version
+    assert diff == {"extension": {
+        "only_left": [("hydramq", version, "public", False)],
+        "only_right": [("hydramq", version, "pg_catalog", False)],
+    }}
