@@ -3,13 +3,14 @@
 -- the end of the period it started in. It holds no row lock and no snapshot between rounds, so
 -- any number of loops, coordinators and workers run beside it (coordinate() uses SKIP LOCKED).
 
--- Why a procedure with no SET clause, alone in this extension: PostgreSQL forbids COMMIT in a
--- procedure that has a SET clause or is SECURITY DEFINER, and without a COMMIT per round now()
--- would stand still and nothing it did would be visible until the end of the minute. So this
--- runs as its caller with the caller's search_path, and is written to bind nothing through it:
--- every function, operator and non-keyword type is schema-qualified (pg_catalog., hydra.,
--- OPERATOR(pg_catalog.x)); what touches the queue is hydra.coordinate(), which is SECURITY
--- DEFINER with a pinned search_path. Its caller needs EXECUTE on both (hydra.grant_admin).
+-- pgspot PS005 (no explicit search_path), accepted: the one routine of this extension without
+-- a SET clause. PostgreSQL forbids COMMIT in a procedure that has a SET clause or is SECURITY
+-- DEFINER, and without a COMMIT per round now() would stand still and nothing it did would be
+-- visible until the end of the minute. So it runs as its caller, with the caller's
+-- search_path, and is written to bind nothing through it: every function, operator and
+-- non-keyword type is schema-qualified (pg_catalog., hydra., OPERATOR(pg_catalog.x));
+-- what touches the queue is hydra.coordinate(), SECURITY DEFINER with a pinned search_path.
+-- Its caller needs EXECUTE on both (hydra.grant_admin).
 -- Contract: takes no lock itself; each round is one hydra.coordinate() call in its own
 -- transaction (its lock order is coordinate()'s); a round that hits a transient error
 -- (serialization failure, deadlock, lock not available) is rolled back, counted in
@@ -75,7 +76,7 @@ BEGIN
         rounds := rounds OPERATOR(pg_catalog.+) 1;
         v_events := 0;
         BEGIN
-            SELECT COALESCE(pg_catalog.sum(c.n), 0),
+            SELECT COALESCE(pg_catalog.sum(c.n), 0)::bigint,
                    pg_catalog.jsonb_object_agg(c.event, c.n)
               INTO v_events, v_counts
               FROM (SELECT e.event, pg_catalog.count(*) AS n

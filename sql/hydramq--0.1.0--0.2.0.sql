@@ -1444,7 +1444,7 @@ ord being its 1-based position.';
 -- ---- extension/40_dequeue.sql ----
 -- Dequeue: leases ready messages in the fair order (priority, then virtual time, then id).
 -- Locks: ready message rows with FOR NO KEY UPDATE SKIP LOCKED (never waits on a message; does
--- not conflict with a producer's FOR KEY SHARE on a parent), then, only for channels with a
+-- not conflict with coordinate()'s FOR KEY SHARE on a parent), then, only for channels with a
 -- concurrency cap, their hydra.channel_limit rows in (queue, channel) order.
 -- States: ready -> processing; ready -> parked when the channel is at its cap.
 
@@ -1975,8 +1975,8 @@ END
 $$;
 
 -- Moves locked-by-caller processing messages to locked (retry after back-off) or failed.
--- Shared by fail_many and lease expiry; the caller has locked the rows FOR UPDATE, which waits
--- for producers attaching children (FOR KEY SHARE) so that every edge is seen.
+-- Shared by fail_many and lease expiry; the caller has locked the rows FOR UPDATE (producers
+-- lock no parent; only coordinate()'s check of a new edge holds one, FOR KEY SHARE, briefly).
 -- One bad row never fails the batch: _backoff cannot raise on any stored value, and should
 -- the statement raise anyway (something no bound foresaw), the rows are settled again one at
 -- a time, and a row that still raises is failed without retry, the error in last_error. The
@@ -2565,8 +2565,8 @@ BEGIN
                     ORDER BY m.lease_expires_at
                     LIMIT p_batch
                       FOR NO KEY UPDATE SKIP LOCKED);
-    -- A lease that ends the message needs FOR UPDATE (to see children being attached); one
-    -- a producer is attaching to right now waits for the next call.
+    -- A lease that ends the message takes FOR UPDATE; one whose new edge another coordinator
+    -- is checking right now (FOR KEY SHARE) waits for the next call.
     v_ids := ARRAY(SELECT m.id FROM hydra.message m
                     WHERE m.id = ANY (v_ids) AND m.attempt < m.num_attempts)
           || ARRAY(SELECT m.id FROM hydra.message m
@@ -2711,7 +2711,7 @@ BEGIN
             END IF;
             CONTINUE WHEN NOT v_locked;
             IF v_room IS NOT NULL AND v_room <= 0 THEN
-                -- Finishing needs FOR UPDATE (children being attached); else next call.
+                -- Finishing takes FOR UPDATE (SKIP LOCKED); a row held: next call.
                 PERFORM 1 FROM hydra.message m WHERE m.id = v_row.id FOR UPDATE SKIP LOCKED;
                 CONTINUE WHEN NOT FOUND;
                 PERFORM hydra._finish_unrun(v_row.id, 'dropped: channel is full');
@@ -2830,8 +2830,8 @@ BEGIN
          ORDER BY m.id
            FOR NO KEY UPDATE SKIP LOCKED
     LOOP
-        -- A child about to fail by cascade is finished: that needs FOR UPDATE (to see its own
-        -- children being attached); if a producer holds it, try again next call.
+        -- A child about to fail by cascade is finished under FOR UPDATE (SKIP LOCKED); if
+        -- another coordinator holds it (checking a new edge), try again next call.
         IF v_child.state = 'pending' AND v_child.cascade_failure
            AND EXISTS (SELECT 1 FROM hydra.dependency d JOIN hydra.parent_outcome o
                           ON o.parent_id = d.parent_id
@@ -3074,13 +3074,14 @@ COMMENT ON FUNCTION hydra.worker_busy() IS
 -- the end of the period it started in. It holds no row lock and no snapshot between rounds, so
 -- any number of loops, coordinators and workers run beside it (coordinate() uses SKIP LOCKED).
 
--- Why a procedure with no SET clause, alone in this extension: PostgreSQL forbids COMMIT in a
--- procedure that has a SET clause or is SECURITY DEFINER, and without a COMMIT per round now()
--- would stand still and nothing it did would be visible until the end of the minute. So this
--- runs as its caller with the caller's search_path, and is written to bind nothing through it:
--- every function, operator and non-keyword type is schema-qualified (pg_catalog., hydra.,
--- OPERATOR(pg_catalog.x)); what touches the queue is hydra.coordinate(), which is SECURITY
--- DEFINER with a pinned search_path. Its caller needs EXECUTE on both (hydra.grant_admin).
+-- pgspot PS005 (no explicit search_path), accepted: the one routine of this extension without
+-- a SET clause. PostgreSQL forbids COMMIT in a procedure that has a SET clause or is SECURITY
+-- DEFINER, and without a COMMIT per round now() would stand still and nothing it did would be
+-- visible until the end of the minute. So it runs as its caller, with the caller's
+-- search_path, and is written to bind nothing through it: every function, operator and
+-- non-keyword type is schema-qualified (pg_catalog., hydra., OPERATOR(pg_catalog.x));
+-- what touches the queue is hydra.coordinate(), SECURITY DEFINER with a pinned search_path.
+-- Its caller needs EXECUTE on both (hydra.grant_admin).
 -- Contract: takes no lock itself; each round is one hydra.coordinate() call in its own
 -- transaction (its lock order is coordinate()'s); a round that hits a transient error
 -- (serialization failure, deadlock, lock not available) is rolled back, counted in
@@ -3146,7 +3147,7 @@ BEGIN
         rounds := rounds OPERATOR(pg_catalog.+) 1;
         v_events := 0;
         BEGIN
-            SELECT COALESCE(pg_catalog.sum(c.n), 0),
+            SELECT COALESCE(pg_catalog.sum(c.n), 0)::bigint,
                    pg_catalog.jsonb_object_agg(c.event, c.n)
               INTO v_events, v_counts
               FROM (SELECT e.event, pg_catalog.count(*) AS n
