@@ -127,6 +127,15 @@ CREATE TABLE hydra.parent_outcome (
     CONSTRAINT parent_outcome_pkey PRIMARY KEY (parent_id)
 );
 
+-- Edges whose parent was unfinished when the producer read it, until coordinate() has made
+-- sure the parent's finish cannot have missed them (enqueue locks no parent: docs/design.md,
+-- Dependencies). Insert-only for producers; coordinate() deletes.
+CREATE TABLE hydra.edge_check (
+    child_id  bigint NOT NULL,
+    parent_id bigint NOT NULL,
+    CONSTRAINT edge_check_pkey PRIMARY KEY (child_id, parent_id)
+);
+
 -- Slot epochs: a channel gets a new one each time it becomes capped, so that slots handed out
 -- under an earlier policy (cleared since) are never given back to the new one.
 CREATE SEQUENCE hydra.slot_epoch_seq;
@@ -164,6 +173,7 @@ SELECT pg_catalog.pg_extension_config_dump('hydra.message', '');
 SELECT pg_catalog.pg_extension_config_dump('hydra.message_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('hydra.dependency', '');
 SELECT pg_catalog.pg_extension_config_dump('hydra.parent_outcome', '');
+SELECT pg_catalog.pg_extension_config_dump('hydra.edge_check', '');
 SELECT pg_catalog.pg_extension_config_dump('hydra.channel_limit', '');
 SELECT pg_catalog.pg_extension_config_dump('hydra.slot_epoch_seq', '');
 

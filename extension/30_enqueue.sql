@@ -1,7 +1,7 @@
--- Enqueue: the only way messages enter. Insert-only: it never updates a row and locks existing
--- rows only in two cases: FOR KEY SHARE on parents that are still unfinished (so that a parent's
--- deletion waits until this child's edge is committed) and the unique-index wait when another
--- open transaction enqueued the same de-duplication name.
+-- Enqueue: the only way messages enter. Insert-only: it never updates or locks an existing
+-- row (SPEC §4); it waits only on the unique index when another open transaction enqueued the
+-- same de-duplication name. Parents are read, never locked: an edge to an unfinished parent is
+-- also written to hydra.edge_check, and coordinate() makes sure the parent's finish saw it.
 
 -- Next virtual times for (channel, priority) pairs of a queue: after each channel's own tail,
 -- never before the round the queue is serving now (the head of the ready order). Reads only;
@@ -175,15 +175,14 @@ BEGIN
                     GROUP BY d.o, d.p HAVING count(*) > 1) THEN
             PERFORM hydra._invalid('depends_on', 'must not contain the same id twice');
         END IF;
-        -- Unfinished parents are key-share locked (ascending id, the global lock order) so
-        -- that their deletion waits for this edge; a missing id that the sequence issued has
-        -- finished successfully and been deleted.
-        SELECT coalesce(array_agg(p.id ORDER BY p.id), '{}'),
-               coalesce(array_agg(p.state ORDER BY p.id), '{}')
+        -- Parents are read without a lock (issue 9, item 4: a producer's open transaction
+        -- must never make another tenant's settlement wait); a parent that finishes while
+        -- this edge is uncommitted is caught by coordinate() through hydra.edge_check. A
+        -- missing id that the sequence issued has finished successfully and been deleted.
+        SELECT coalesce(array_agg(m.id), '{}'), coalesce(array_agg(m.state), '{}')
           INTO v_parent_ids, v_parent_states
-          FROM (SELECT m.id, m.state FROM hydra.message m
-                 WHERE m.id = ANY (p_dep_parents)
-                 ORDER BY m.id FOR KEY SHARE) p;
+          FROM hydra.message m
+         WHERE m.id = ANY (p_dep_parents);
         SELECT min(d.p) INTO v_missing
           FROM unnest(p_dep_parents) d(p)
          WHERE d.p <> ALL (v_parent_ids)
@@ -296,14 +295,19 @@ BEGIN
           FROM ins;
 
         IF v_inserted <> '{}' AND coalesce(array_length(p_dep_parents, 1), 0) > 0 THEN
-            INSERT INTO hydra.dependency (child_id, parent_id, resolved, parent_succeeded)
-            SELECT v_ids[d.ord], d.parent, ps.state IS NULL OR ps.state = 'failed',
-                   CASE WHEN ps.state IS NULL THEN true
-                        WHEN ps.state = 'failed' THEN false END
-              FROM unnest(p_dep_ords, p_dep_parents) AS d(ord, parent)
-              LEFT JOIN unnest(v_parent_ids, v_parent_states) AS ps(id, state)
-                ON ps.id = d.parent
-             WHERE v_ids[d.ord] = ANY (v_inserted);
+            WITH edges AS (
+                INSERT INTO hydra.dependency (child_id, parent_id, resolved, parent_succeeded)
+                SELECT v_ids[d.ord], d.parent, ps.state IS NULL OR ps.state = 'failed',
+                       CASE WHEN ps.state IS NULL THEN true
+                            WHEN ps.state = 'failed' THEN false END
+                  FROM unnest(p_dep_ords, p_dep_parents) AS d(ord, parent)
+                  LEFT JOIN unnest(v_parent_ids, v_parent_states) AS ps(id, state)
+                    ON ps.id = d.parent
+                 WHERE v_ids[d.ord] = ANY (v_inserted)
+                RETURNING child_id, parent_id, resolved
+            )
+            INSERT INTO hydra.edge_check (child_id, parent_id)
+            SELECT e.child_id, e.parent_id FROM edges e WHERE NOT e.resolved;
         END IF;
         IF v_any_ready THEN
             PERFORM hydra._wake_workers(p_queue);

@@ -1,6 +1,6 @@
 -- Dequeue: leases ready messages in the fair order (priority, then virtual time, then id).
 -- Locks: ready message rows with FOR NO KEY UPDATE SKIP LOCKED (never waits on a message; does
--- not conflict with a producer's FOR KEY SHARE on a parent), then, only for channels with a
+-- not conflict with coordinate()'s FOR KEY SHARE on a parent), then, only for channels with a
 -- concurrency cap, their hydra.channel_limit rows in (queue, channel) order.
 -- States: ready -> processing; ready -> parked when the channel is at its cap.
 

@@ -5,8 +5,12 @@
 -- hold them), then the limit row; message rows after that only with SKIP LOCKED. This is
 -- the global order (message rows, then limit rows). Run one policy change per transaction.
 
--- Moves parked messages of a channel back to ready: up to p_limit of them (NULL: all), holding
--- a slot of epoch p_epoch (NULL: holding none).
+-- Moves parked messages of a channel back to ready: all of them (p_limit NULL, holding no
+-- slot), or those among the channel's best p_limit waiting for a slot of epoch p_epoch, which
+-- they take. Ready messages holding no such slot wait for one too: a parked message never
+-- takes a free slot ahead of an older or more urgent ready one (issue 9, item 5), which
+-- keeps the channel's order (priority, then FIFO); such a ready message gets its slot from
+-- the dequeue that leases it.
 CREATE OR REPLACE FUNCTION hydra._unpark(p_queue text, p_channel text, p_limit integer, p_epoch bigint)
 RETURNS integer
 LANGUAGE plpgsql
@@ -23,6 +27,14 @@ BEGIN
      WHERE m.id = ANY (ARRAY(
                SELECT p.id FROM hydra.message p
                 WHERE p.queue = p_queue AND p.channel = p_channel AND p.state = 'parked'
+                  AND (p_limit IS NULL
+                       OR p.id = ANY (ARRAY(
+                              SELECT w.id FROM hydra.message w
+                               WHERE w.queue = p_queue AND w.channel = p_channel
+                                 AND w.state IN ('ready', 'parked')
+                                 AND w.slot_epoch IS DISTINCT FROM p_epoch
+                               ORDER BY w.prio DESC, w.vtime, w.id
+                               LIMIT p_limit)))
                 ORDER BY p.prio DESC, p.vtime, p.id
                 LIMIT p_limit
                   FOR NO KEY UPDATE SKIP LOCKED));

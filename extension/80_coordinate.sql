@@ -27,8 +27,8 @@ BEGIN
                     ORDER BY m.lease_expires_at
                     LIMIT p_batch
                       FOR NO KEY UPDATE SKIP LOCKED);
-    -- A lease that ends the message needs FOR UPDATE (to see children being attached); one
-    -- a producer is attaching to right now waits for the next call.
+    -- A lease that ends the message takes FOR UPDATE; one whose new edge another coordinator
+    -- is checking right now (FOR KEY SHARE) waits for the next call.
     v_ids := ARRAY(SELECT m.id FROM hydra.message m
                     WHERE m.id = ANY (v_ids) AND m.attempt < m.num_attempts)
           || ARRAY(SELECT m.id FROM hydra.message m
@@ -173,7 +173,7 @@ BEGIN
             END IF;
             CONTINUE WHEN NOT v_locked;
             IF v_room IS NOT NULL AND v_room <= 0 THEN
-                -- Finishing needs FOR UPDATE (children being attached); else next call.
+                -- Finishing takes FOR UPDATE (SKIP LOCKED); a row held: next call.
                 PERFORM 1 FROM hydra.message m WHERE m.id = v_row.id FOR UPDATE SKIP LOCKED;
                 CONTINUE WHEN NOT FOUND;
                 PERFORM hydra._finish_unrun(v_row.id, 'dropped: channel is full');
@@ -189,6 +189,69 @@ BEGIN
         PERFORM hydra._wake_workers(v_row.queue);
         RETURN NEXT hydra._event('MESSAGE_RELEASED', v_row.id, v_row.queue, v_row.channel);
     END LOOP;
+END
+$$;
+
+-- Edges attached to a parent that was unfinished when the producer read it. Enqueue locks no
+-- parent (a producer's open transaction must never make another tenant's settlement wait), so
+-- a parent that finished while such an edge was still uncommitted did not see it and recorded
+-- no outcome for it. Each edge is checked once committed: a parent now gone (succeeded) or
+-- failed gets its outcome row (again, if need be) while the edge is unresolved; a parent still
+-- unfinished is key-share locked with SKIP LOCKED -- got, its finish has not started and will
+-- see the committed edge (the edge needs no more checks); busy (being settled right now), the
+-- edge is checked again next call. The lock is this coordinator's, held until it commits: a
+-- worker may wait for coordinate(), never for a producer.
+CREATE OR REPLACE FUNCTION hydra._check_new_edges(p_batch integer)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+SET jit = off
+AS $$
+DECLARE
+    v_children bigint[];
+    v_parents  bigint[];
+BEGIN
+    -- Check rows with SKIP LOCKED (another coordinator has them), one probe per parent.
+    SELECT coalesce(array_agg(c.child_id), '{}'), coalesce(array_agg(c.parent_id), '{}')
+      INTO v_children, v_parents
+      FROM (SELECT e.child_id, e.parent_id FROM hydra.edge_check e
+             ORDER BY e.child_id, e.parent_id
+             LIMIT p_batch
+               FOR UPDATE SKIP LOCKED) c;
+    IF v_children = '{}' THEN
+        RETURN;
+    END IF;
+    WITH seen AS MATERIALIZED (
+        SELECT u.c, u.p, s.state
+          FROM unnest(v_children, v_parents) u(c, p)
+          LEFT JOIN LATERAL (SELECT m.state FROM hydra.message m WHERE m.id = u.p LIMIT 1) s
+            ON true
+    ), held AS MATERIALIZED (
+        SELECT m.id, m.state FROM hydra.message m
+         WHERE m.id = ANY (ARRAY(SELECT s.p FROM seen s WHERE s.state <> 'failed'))
+           FOR KEY SHARE SKIP LOCKED
+    ), verdict AS MATERIALIZED (
+        SELECT s.c, s.p,
+               CASE WHEN s.state IS NULL THEN 'succeeded'
+                    WHEN s.state = 'failed' OR h.state = 'failed' THEN 'failed'
+                    WHEN h.id IS NULL THEN 'busy'
+                    ELSE 'watched' END AS v
+          FROM seen s
+          LEFT JOIN LATERAL (SELECT h.id, h.state FROM held h WHERE h.id = s.p LIMIT 1) h
+            ON true
+    ), outcomes AS (
+        INSERT INTO hydra.parent_outcome (parent_id, succeeded)
+        SELECT DISTINCT v.p, v.v = 'succeeded'
+          FROM verdict v
+         WHERE v.v IN ('succeeded', 'failed')
+           AND EXISTS (SELECT 1 FROM hydra.dependency d
+                        WHERE d.child_id = v.c AND d.parent_id = v.p AND NOT d.resolved)
+        ON CONFLICT (parent_id) DO NOTHING
+    )
+    DELETE FROM hydra.edge_check k
+     WHERE (k.child_id, k.parent_id) IN (SELECT v.c, v.p FROM verdict v WHERE v.v <> 'busy');
 END
 $$;
 
@@ -229,8 +292,8 @@ BEGIN
          ORDER BY m.id
            FOR NO KEY UPDATE SKIP LOCKED
     LOOP
-        -- A child about to fail by cascade is finished: that needs FOR UPDATE (to see its own
-        -- children being attached); if a producer holds it, try again next call.
+        -- A child about to fail by cascade is finished under FOR UPDATE (SKIP LOCKED); if
+        -- another coordinator holds it (checking a new edge), try again next call.
         IF v_child.state = 'pending' AND v_child.cascade_failure
            AND EXISTS (SELECT 1 FROM hydra.dependency d JOIN hydra.parent_outcome o
                           ON o.parent_id = d.parent_id
@@ -395,6 +458,7 @@ BEGIN
 
     RETURN QUERY SELECT * FROM hydra._expire_leases(batch);
     RETURN QUERY SELECT * FROM hydra._unlock_due(batch);
+    PERFORM hydra._check_new_edges(batch);
     -- Cascades travel one DAG level per round.
     LOOP
         v_rounds := v_rounds + 1;

@@ -14,9 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 from flow_helpers import (
-    Background,
     Event,
-    backend_pid,
     complete,
     coordinate,
     coordinate_until_quiet,
@@ -28,7 +26,6 @@ from flow_helpers import (
     events_of,
     fail,
     state_of,
-    wait_until_blocked,
 )
 
 Conn = psycopg.Connection[Any]
@@ -394,47 +391,9 @@ def test_enqueue_many_takes_depends_on_per_element(db: Conn) -> None:
 
 # --------------------------------------------------------------------------------------------
 # Races between a producer attaching a child and a worker finishing the parent
+# (more in tests/test_hardening_tenancy.py: the parent's settlement never waits for the
+# producer, and the child resolves whichever commits first)
 # --------------------------------------------------------------------------------------------
-
-
-def test_child_attached_while_parent_completes_is_released_once_both_commit(
-    db: Conn, connect: Any
-) -> None:
-    _, parent = enqueue(db, {})
-    worker = connect(options="-c lock_timeout=20s")
-    (leased,) = dequeue(worker)
-
-    producer = connect(autocommit=False)
-    _, child = enqueue(producer, {}, depends_on=[parent])  # holds FOR KEY SHARE on the parent
-    # The worker's complete waits for the producer's commit: the documented trade-off that
-    # keeps the edge from being missed.
-    worker_pid, producer_pid = backend_pid(worker), backend_pid(producer)
-    done = Background(lambda: complete(worker, leased))
-    wait_until_blocked(db, worker_pid, by=[producer_pid])
-    assert not done.done()
-    producer.commit()
-    assert done.result() is True
-
-    events = coordinate_until_quiet(db)
-    assert events_of(events, child) == ["MESSAGE_DEPENDENCY_RESOLVED", "MESSAGE_RELEASED"]
-    assert [m["id"] for m in dequeue(db)] == [child]
-
-
-def test_child_attached_while_parent_fails_is_finalized_failed(db: Conn, connect: Any) -> None:
-    _, parent = enqueue(db, {})
-    worker = connect(options="-c lock_timeout=20s")
-    (leased,) = dequeue(worker)
-    producer = connect(autocommit=False)
-    _, child = enqueue(producer, {}, depends_on=[parent])
-    worker_pid, producer_pid = backend_pid(worker), backend_pid(producer)
-    done = Background(lambda: fail(worker, leased, retry=False))
-    wait_until_blocked(db, worker_pid, by=[producer_pid])
-    producer.commit()
-    assert done.result() == "failed"
-
-    events = coordinate_until_quiet(db)
-    assert events_of(events, child) == [
-        "MESSAGE_DEPENDENCY_RESOLVED", "MESSAGE_DEPENDENCIES_UNMET", "MESSAGE_FINALIZED"]
 
 
 def test_an_open_producer_transaction_attaching_a_child_does_not_stall_its_ready_parent(
@@ -469,35 +428,6 @@ def test_an_open_producer_transaction_does_not_delay_its_parents_release(
         assert state_of(db, parent) == "ready"
     finally:
         producer.rollback()
-
-
-@pytest.mark.parametrize("outcome", ["complete", "fail"])
-def test_producer_meeting_a_parent_mid_settlement_waits_and_sees_the_outcome(
-    db: Conn, connect: Any, outcome: str
-) -> None:
-    _, parent = enqueue(db, {})
-    worker = connect(autocommit=False, options="-c lock_timeout=20s")
-    (leased,) = dequeue(worker)
-    worker.commit()
-    if outcome == "complete":
-        assert complete(worker, leased)
-    else:
-        assert fail(worker, leased, retry=False) == "failed"
-
-    producer = connect(options="-c lock_timeout=20s")
-    worker_pid, producer_pid = backend_pid(worker), backend_pid(producer)
-    pending = Background(lambda: enqueue(producer, {}, depends_on=[parent]))
-    wait_until_blocked(db, producer_pid, by=[worker_pid])
-    worker.commit()
-    result, child = pending.result()
-    assert result == "enqueued"
-
-    coordinate_until_quiet(db)
-    if outcome == "complete":
-        assert [m["id"] for m in dequeue(db)] == [child]
-    else:
-        assert state_of(db, child) == "failed"
-        assert dequeue(db) == []
 
 
 def test_a_parent_with_more_children_than_a_batch_is_handed_down_over_several_calls(

@@ -3,3 +3,13 @@
 -- recreate every function, view, comment and grant (see docs/releasing.md).
 -- Rules: new columns go last (as in 00_schema.sql); a function whose signature or result type
 -- changes is dropped here first; data is converted here, in this transaction.
+
+-- Issue 9, item 4: enqueue no longer locks parents; new edges wait in hydra.edge_check until
+-- coordinate() has checked them. 0.1.0's edges were attached under its parent locks: none
+-- needs a check.
+CREATE TABLE hydra.edge_check (
+    child_id  bigint NOT NULL,
+    parent_id bigint NOT NULL,
+    CONSTRAINT edge_check_pkey PRIMARY KEY (child_id, parent_id)
+);
+SELECT pg_catalog.pg_extension_config_dump('hydra.edge_check', '');
