@@ -48,8 +48,10 @@ UPGRADE = SQL_DIR / "hydramq--0.1.0--0.2.0.sql"
 # Accepted exceptions. Each reason is also written next to the code in extension/.
 # --------------------------------------------------------------------------------------------
 
-_LOOP = ("hydra.coordinate_loop(period interval,poll_secs numeric,batch integer,failed_retention "
-         "interval,INOUT rounds integer,INOUT transitions pg_catalog.jsonb,INOUT retried integer)")
+_LOOP = (
+    "hydra.coordinate_loop(period interval,poll_secs numeric,batch integer,failed_retention "
+    "interval,INOUT rounds integer,INOUT transitions pg_catalog.jsonb,INOUT retried integer)"
+)
 
 # (pgspot code, function the finding is in or "" at top level, pgspot's text): why.
 PGSPOT_ALLOWED: dict[tuple[str, str, str], str] = {
