@@ -174,9 +174,10 @@ def strip_psql_guard(script: str) -> str:
     return "\n".join(line for line in script.splitlines() if not line.startswith("\\echo"))
 
 
-#: pg_tle's ``schema`` argument: the control file's ``schema = pg_catalog``. CREATE EXTENSION
-#: then runs the scripts with ``search_path = pg_catalog`` (as for the file-based install), so
-#: nothing in them can bind to an object of ``public`` or of the installing role's path.
+#: pg_tle's ``schema`` argument (pg_tle 1.5.0 and later): the control file's ``schema =
+#: pg_catalog``. CREATE EXTENSION then runs the scripts with ``search_path = pg_catalog`` (as
+#: for the file-based install) and labels the extension with it instead of the installer's
+#: current schema. (The scripts also pin their search_path themselves: see the Makefile.)
 PG_TLE_SCHEMA = "pg_catalog"
 
 
@@ -216,6 +217,7 @@ def render_pg_tle(scripts: ExtensionScripts) -> str:
     body = [
         "DECLARE",
         "    v_known text[];",
+        f"    v_install text := {install};",
         "BEGIN",
         "    IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'pg_tle') THEN",
         "        RAISE EXCEPTION USING ERRCODE = '55000', MESSAGE = pg_catalog.format(",
@@ -239,10 +241,17 @@ def render_pg_tle(scripts: ExtensionScripts) -> str:
         "    SELECT pg_catalog.array_agg(e.version) INTO v_known",
         "      FROM pgtle.available_extension_versions() e WHERE e.name = 'hydramq';",
         "    IF v_known IS NULL THEN",
-        f"        PERFORM pgtle.install_extension('hydramq', {v}, {comment}, {install},",
-        f"                                        NULL, {_sql_literal(PG_TLE_SCHEMA)});",
+        "        IF pg_catalog.to_regprocedure(",
+        "               'pgtle.install_extension(text,text,text,text,text[],text)') IS NULL THEN",
+        "            -- pg_tle before 1.5.0 takes no schema: the extension is labelled with the",
+        "            -- current schema (the scripts pin their search_path all the same).",
+        f"            PERFORM pgtle.install_extension('hydramq', {v}, {comment}, v_install);",
+        "        ELSE",
+        f"            PERFORM pgtle.install_extension('hydramq', {v}, {comment}, v_install,",
+        f"                                            NULL, {_sql_literal(PG_TLE_SCHEMA)});",
+        "        END IF;",
         f"    ELSIF NOT {v} = ANY (v_known) THEN",
-        f"        PERFORM pgtle.install_extension_version_sql('hydramq', {v}, {install});",
+        f"        PERFORM pgtle.install_extension_version_sql('hydramq', {v}, v_install);",
         "    END IF;",
     ]
     for (src, dst), text in sorted(scripts.updates.items()):

@@ -528,3 +528,38 @@ def test_updating_a_0_1_0_registered_in_public_binds_nothing_planted_there(
         "only_left": [("hydramq", version, "public", False)],
         "only_right": [("hydramq", version, "pg_catalog", False)],
     }}
+
+
+def test_a_pg_tle_without_the_schema_argument_still_gets_a_pinned_install(
+    pg_tle_server: PgTleServer, new_database: NewDatabase
+) -> None:
+    """pg_tle before 1.5.0 has install_extension(name, version, description, ext, requires)
+    only (given here the API of such a pg_tle: the 1.5 function hidden behind that one):
+    the registration uses it, the extension is labelled with the current schema (public), and
+    what is planted there still never runs."""
+    db = new_database()
+    prepare_database(pg_tle_server.dsn(), db)
+    with connect(pg_tle_server, db) as conn:
+        conn.execute(
+            "ALTER FUNCTION pgtle.install_extension(text, text, text, text, text[], text)"
+            " RENAME TO install_extension_1_5"
+        )
+        conn.execute(
+            "CREATE FUNCTION pgtle.install_extension(name text, version text,"
+            " description text, ext text, requires text[] DEFAULT NULL) RETURNS boolean"
+            " LANGUAGE sql RETURN pgtle.install_extension_1_5(name, version, description, ext,"
+            " requires, NULL)"
+        )
+        conn.execute("GRANT EXECUTE ON FUNCTION pgtle.install_extension TO pgtle_admin")
+        plant(conn)
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} SET search_path = public, pg_catalog").format(
+                sql.Identifier(db)
+            )
+        )
+    install_hydramq(pg_tle_server.dsn(), db)
+    assert extension_row(pg_tle_server, db) == (
+        load_scripts().default_version, "public", APP_OWNER)
+    with connect(pg_tle_server, db) as conn:
+        exercise(conn)
+        assert planted_calls(conn) == 0
