@@ -18,11 +18,10 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
-
 from catalog import catalog_diff, catalog_snapshot
 from flow_helpers import coordinate, dequeue, enqueue, fail
 from helpers import complete
+from psycopg import sql
 
 Conn = psycopg.Connection[Any]
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,8 +36,11 @@ def _default_version() -> str:
 
 def _released_versions() -> list[str]:
     """Every version with an install script, oldest first, except the default one."""
-    names = (p.name[len("hydramq--") : -len(".sql")] for p in (ROOT / "sql").glob("hydramq--*.sql"))
-    versions = sorted((n for n in names if "--" not in n), key=lambda v: [int(x) for x in v.split(".")])
+    scripts = (ROOT / "sql").glob("hydramq--*.sql")
+    names = (p.name[len("hydramq--") : -len(".sql")] for p in scripts)
+    versions = sorted(
+        (n for n in names if "--" not in n), key=lambda v: [int(x) for x in v.split(".")]
+    )
     return [v for v in versions if v != _default_version()]
 
 
@@ -107,9 +109,10 @@ def test_upgrade_gives_the_fresh_catalog_and_keeps_serving(
     old: str, job_roles: dict[str, str], blank_database: Callable[[], str]
 ) -> None:
     new = _default_version()
-    with psycopg.connect(blank_database(), autocommit=True) as up, psycopg.connect(
-        blank_database(), autocommit=True
-    ) as fresh:
+    with (
+        psycopg.connect(blank_database(), autocommit=True) as up,
+        psycopg.connect(blank_database(), autocommit=True) as fresh,
+    ):
         up.execute(sql.SQL("CREATE EXTENSION hydramq VERSION {}").format(sql.Literal(old)))
         _grant_jobs(up, job_roles)
         made = _fill(up)
@@ -159,7 +162,8 @@ def test_roles_granted_before_an_upgrade_can_use_the_new_version(
             missing = conn.execute(
                 "SELECT j.object FROM hydra._job_objects(%s) j"
                 " WHERE NOT CASE j.kind"
-                "   WHEN 'function' THEN has_function_privilege(%s, to_regprocedure(j.object), 'EXECUTE')"
+                "   WHEN 'function'"
+                "   THEN has_function_privilege(%s, to_regprocedure(j.object), 'EXECUTE')"
                 "   ELSE has_table_privilege(%s, to_regclass(j.object), 'SELECT') END",
                 (job, role, role),
             ).fetchall()
