@@ -8,7 +8,7 @@ client's consecutive transactions land on different server sessions. Through it 
   own (some transactions roll back), on connections made as docs/managed-postgres.md says
   (``prepare_threshold=None``);
 * two ``hydramq worker --pgbouncer`` processes, one LISTENing on a direct connection
-  (``--listen-dsn``), one polling only;
+  (``--listen-dsn``; an enqueue through PgBouncer wakes it), one polling only;
 * one ``hydramq coordinator`` (``HYDRAMQ_PGBOUNCER=1``: the option from the environment).
 
 Many channels, some capped with hydra.channel_policy_set, some messages delayed, some failing
@@ -201,16 +201,16 @@ def test_worker_load_through_pgbouncer_transaction_pooling(
     producers.join(60)
 
     daemons = (*workers, coordinator)
+
+    def drained() -> bool:
+        problems = report(daemons)
+        assert not problems, f"the daemons logged problems:\n{problems}"
+        return db.execute("SELECT count(*) FROM hydra.message").fetchone() == (0,) and len(
+            ends(tmp_path)
+        ) >= sum(ledger.attempts.values())
+
     try:
-        wait_until(
-            lambda: db.execute("SELECT count(*) FROM hydra.message").fetchone() == (0,)
-            and len(ends(tmp_path)) >= sum(ledger.attempts.values()),
-            60,
-            "every committed message to be processed",
-            interval=0.1,
-        )
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}; the daemons logged:\n{report(daemons)}") from None
+        wait_until(drained, 60, "every committed message to be processed", interval=0.1)
     finally:
         sampler.join(10)
     # The listening worker, idle now, registers on its direct session (bounded poll).
@@ -228,6 +228,12 @@ def test_worker_load_through_pgbouncer_transaction_pooling(
     clients = {r["application_name"] for r in bouncer.show("CLIENTS")}
     registered = {r[0] for r in db.execute("SELECT backend_pid FROM hydra.waiting_worker")}
     pooled_registrations.update(registered & bouncer.server_pids())
+    # An enqueue through PgBouncer now NOTIFYs, and the direct LISTEN session hears it.
+    with psycopg.connect(pooled, autocommit=True, prepare_threshold=None) as conn:
+        last = Client(conn).enqueue({}, channel="tenant-last").message_id
+    assert last is not None
+    ledger.attempts[last] = 1
+    wait_until(lambda: last in {m for m, _, _ in ends(tmp_path)}, 20, "the last message")
 
     for d in daemons:
         d.signal(signal.SIGTERM)
@@ -238,6 +244,8 @@ def test_worker_load_through_pgbouncer_transaction_pooling(
     assert codes == [0, 0, 0], [d.log for d in daemons]
     assert not report(daemons), report(daemons)
     assert "not linked" not in bouncer.log, bouncer.log[-3000:]
+    notified = re.search(r"hydramq-worker-listening: stopped \(.*notified=(\d+)\)", workers[0].log)
+    assert notified and int(notified.group(1)) >= 1, "no NOTIFY woke the listening worker"
 
     # Every committed message processed the expected number of times; rolled-back ones never.
     assert db.execute("SELECT count(*) FROM orders").fetchone() == (ledger.orders,)
