@@ -86,7 +86,7 @@ BEGIN
             GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT;
             retried := retried OPERATOR(pg_catalog.+) 1;
             v_counts := NULL;
-            RAISE WARNING 'hydramq: coordinate_loop round % rolled back (%: %); the next round retries',
+            RAISE WARNING 'hydramq: coordinate_loop round % rolled back (%: %), retried next',
                 rounds, v_state, v_message;
         END;
         COMMIT;
@@ -118,7 +118,7 @@ BEGIN
     RAISE LOG 'hydramq: coordinate_loop: % rounds in % s, transitions %, retried rounds %',
         rounds,
         pg_catalog.round(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()
-                                                        OPERATOR(pg_catalog.-) v_started)::numeric, 1),
+                                                OPERATOR(pg_catalog.-) v_started)::numeric, 1),
         transitions, retried;
 END
 $$;

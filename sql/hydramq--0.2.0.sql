@@ -183,6 +183,20 @@ SELECT pg_catalog.pg_extension_config_dump('hydra.edge_check', '');
 SELECT pg_catalog.pg_extension_config_dump('hydra.channel_limit', '');
 SELECT pg_catalog.pg_extension_config_dump('hydra.slot_epoch_seq', '');
 
+-- Queue settings (SPEC §15: queues are objects with settings; more columns will follow). A
+-- queue needs no row: one without, or a NULL setting, uses the default. hydra.queue_set.
+CREATE TABLE hydra.queue (
+    name              text COLLATE "C" NOT NULL,
+    max_payload_bytes integer,                     -- NULL: the default, 1048576 (1 MiB)
+    updated_at        timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    CONSTRAINT queue_pkey PRIMARY KEY (name)
+);
+
+COMMENT ON TABLE hydra.queue IS
+    'Queues with settings; a queue without a row uses the defaults. Use hydra.queue_set.';
+
+SELECT pg_catalog.pg_extension_config_dump('hydra.queue', '');
+
 -- Cron schedules (their functions are in 70_schedules.sql).
 CREATE TABLE hydra.schedule (
     queue               text COLLATE "C" NOT NULL,
@@ -354,6 +368,58 @@ BEGIN
            ) x
      WHERE x.problem IS NOT NULL
      ORDER BY x.ord
+     LIMIT 1;
+    IF v_problem IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = v_problem;
+    END IF;
+END
+$$;
+
+-- Payload size (issue 9, item 6): the size of the jsonb value (pg_column_size; a value read
+-- compressed from a table -- a schedule's, or INSERT ... SELECT from a table -- is measured
+-- uncompressed) is at most the queue's max_payload_bytes (hydra.queue; default 1048576, 1 MiB).
+-- Every enqueue path calls this only for a payload above 1024 bytes (the smallest limit
+-- hydra.queue_set accepts) or a compressed one, so the common small message pays no settings
+-- lookup and a larger one one probe of hydra.queue.
+CREATE OR REPLACE FUNCTION hydra._payload_problem(p_queue text, p_payload jsonb)
+RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_size  integer := CASE WHEN pg_catalog.pg_column_compression(p_payload) IS NULL
+                            THEN pg_catalog.pg_column_size(p_payload)
+                            ELSE pg_catalog.pg_column_size(p_payload::text::jsonb) END;
+    v_limit integer;
+BEGIN
+    -- NULL when the payload fits its queue's limit; else the message of the 22023 to raise.
+    SELECT q.max_payload_bytes INTO v_limit FROM hydra.queue q WHERE q.name = p_queue;
+    v_limit := coalesce(v_limit, 1048576);
+    IF v_size > v_limit THEN
+        RETURN format('payload: must be at most %s bytes in queue %s (max_payload_bytes); '
+                      'this one has %s', v_limit, pg_catalog.quote_literal(p_queue), v_size);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- Raises 22023 for the first payload (in array order) that is too large for p_queue.
+CREATE OR REPLACE FUNCTION hydra._check_payloads(p_queue text, p_payloads jsonb[])
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_problem text;
+BEGIN
+    -- Only payloads above 1024 bytes, or compressed, can break a limit (_payload_problem).
+    SELECT x.problem INTO v_problem
+      FROM (SELECT hydra._payload_problem(p_queue, u.p) AS problem, u.o
+              FROM unnest(p_payloads) WITH ORDINALITY u(p, o)
+             WHERE pg_catalog.pg_column_size(u.p) > 1024
+                OR pg_catalog.pg_column_compression(u.p) IS NOT NULL) x
+     WHERE x.problem IS NOT NULL
+     ORDER BY x.o
      LIMIT 1;
     IF v_problem IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = v_problem;
@@ -989,12 +1055,18 @@ END
 $$;
 
 -- Wakes idle workers of a queue, only when one is registered: NOTIFY serialises commits, so the
--- hot enqueue path must not pay for it while every worker is busy.
+-- hot enqueue path must not pay for it while every worker is busy. Any role may LISTEN (or
+-- NOTIFY) hydra_enqueue without a grant, so the payload names no queue: it is the backend pid
+-- of the worker whose registration was claimed (pids are public in pg_stat_activity), or ''
+-- (every idle worker re-checks) when none could be claimed. A NOTIFY is only a hint: a worker
+-- it wakes dequeues, and a spurious one costs that worker one empty dequeue.
 CREATE OR REPLACE FUNCTION hydra._wake_workers(p_queue text)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    v_pid integer;
 BEGIN
     -- While a worker is registered idle: claim one registration (SKIP LOCKED: never waits)
     -- and notify. A registration another open transaction has claimed may never be
@@ -1002,8 +1074,9 @@ BEGIN
     IF EXISTS (SELECT 1 FROM hydra.waiting_worker w WHERE w.queue = p_queue) THEN
         DELETE FROM hydra.waiting_worker w
          WHERE w.id = (SELECT x.id FROM hydra.waiting_worker x
-                        WHERE x.queue = p_queue LIMIT 1 FOR UPDATE SKIP LOCKED);
-        PERFORM pg_catalog.pg_notify('hydra_enqueue', p_queue);
+                        WHERE x.queue = p_queue LIMIT 1 FOR UPDATE SKIP LOCKED)
+        RETURNING w.backend_pid INTO v_pid;
+        PERFORM pg_catalog.pg_notify('hydra_enqueue', coalesce(v_pid::text, ''));
     END IF;
 END
 $$;
@@ -1052,6 +1125,7 @@ BEGIN
     PERFORM hydra._check_message_options(p_payloads, p_channels, p_priorities, p_names,
         p_num_attempts, p_lock_secs, p_lock_secs_factor, p_delay_secs, p_cascade_failure,
         p_max_processing_secs);
+    PERFORM hydra._check_payloads(p_queue, p_payloads);
     IF v_count = 0 THEN
         RETURN;
     END IF;
@@ -1273,7 +1347,11 @@ BEGIN
              ELSE 'queue: ' || hydra._name_problem(enqueue.queue) END,
         hydra._message_problem(enqueue.payload, enqueue.channel, enqueue.priority,
             enqueue.name, enqueue.num_attempts, enqueue.lock_secs, enqueue.lock_secs_factor,
-            enqueue.delay_secs, enqueue.cascade_failure, enqueue.max_processing_secs));
+            enqueue.delay_secs, enqueue.cascade_failure, enqueue.max_processing_secs),
+        -- The queue's payload limit: looked up only above 1024 bytes (_payload_problem).
+        CASE WHEN pg_column_size(enqueue.payload) > 1024
+                  OR pg_column_compression(enqueue.payload) IS NOT NULL
+             THEN hydra._payload_problem(enqueue.queue, enqueue.payload) END);
     IF v_problem IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = v_problem;
     END IF;
@@ -1438,9 +1516,14 @@ BEGIN
                             WHERE x.priority !~ '^-?[0-9]{1,9}$'
                                OR x.num_attempts !~ '^-?[0-9]{1,9}$')
     ), checked AS MATERIALIZED (
-        SELECT k.*, hydra._message_problem(k.payload, k.channel, k.priority, NULL,
-                        k.num_attempts, k.lock_secs, k.factor, k.delay, k.cascade,
-                        k.max_processing) AS problem
+        SELECT k.*, coalesce(hydra._message_problem(k.payload, k.channel, k.priority, NULL,
+                                 k.num_attempts, k.lock_secs, k.factor, k.delay, k.cascade,
+                                 k.max_processing),
+                             -- The payload limit, looked up only above 1024 bytes.
+                             CASE WHEN pg_column_size(k.payload) > 1024
+                                       OR pg_column_compression(k.payload) IS NOT NULL
+                                  THEN hydra._payload_problem(p_queue, k.payload) END)
+                   AS problem
           FROM typed k
     ), bases AS (
         SELECT v.channel, v.prio, v.base
@@ -2543,6 +2626,63 @@ CREATE OR REPLACE VIEW hydra.channel_policies AS
 SELECT l.queue, NULLIF(l.channel, '') AS channel, l.max_concurrency, l.max_size, l.in_flight
   FROM hydra.channel_limit l;
 
+-- ---- extension/65_queues.sql ----
+-- Queue settings (SPEC §15: queues are objects with settings). hydra.queue holds the queues
+-- that have any; a queue never set up works with the defaults, and needs no row. Settings the
+-- hot paths need are read only when they can matter (max_payload_bytes: for a payload above
+-- 1024 bytes, the smallest limit allowed; see hydra._payload_problem).
+-- Locks: the queue's settings row only (upsert / delete).
+
+CREATE OR REPLACE FUNCTION hydra.queue_set(queue text, max_payload_bytes integer DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- Replaces every setting of the queue (NULL = the default), in one upsert.
+    PERFORM hydra._check_name('queue', queue_set.queue, false);
+    IF queue_set.max_payload_bytes NOT BETWEEN 1024 AND 268435455 THEN
+        PERFORM hydra._invalid('max_payload_bytes',
+            'must be between 1024 and 268435455 (NULL: the default, 1048576)');
+    END IF;
+    INSERT INTO hydra.queue AS q (name, max_payload_bytes)
+    VALUES (queue_set.queue, queue_set.max_payload_bytes)
+    ON CONFLICT ON CONSTRAINT queue_pkey DO UPDATE
+       SET max_payload_bytes = EXCLUDED.max_payload_bytes, updated_at = pg_catalog.now();
+END
+$$;
+
+COMMENT ON FUNCTION hydra.queue_set(text, integer) IS
+'Sets the settings of a queue (a queue needs none: without them it uses the defaults).
+max_payload_bytes: the largest payload enqueue accepts (pg_column_size of the jsonb value),
+1024 to 268435455; NULL = the default, 1048576 (1 MiB). A larger payload is refused with
+22023 by hydra.enqueue, hydra.enqueue_many and hydra.schedule_set (and a schedule whose
+payload no longer fits skips its ticks, with last_error). Messages already stored are kept.';
+
+CREATE OR REPLACE FUNCTION hydra.queue_clear(queue text)
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- Back to every default: the settings row goes.
+    PERFORM hydra._check_name('queue', queue_clear.queue, false);
+    DELETE FROM hydra.queue q WHERE q.name = queue_clear.queue;
+    RETURN FOUND;
+END
+$$;
+
+COMMENT ON FUNCTION hydra.queue_clear(text) IS
+'Removes the settings of a queue: it uses the defaults again. Returns false if it had none.';
+
+CREATE OR REPLACE VIEW hydra.queues AS
+SELECT q.name AS queue, coalesce(q.max_payload_bytes, 1048576) AS max_payload_bytes,
+       q.updated_at
+  FROM hydra.queue q;
+
+COMMENT ON VIEW hydra.queues IS
+'Queues with settings, each with its effective values (defaults filled in).';
+
 -- ---- extension/70_schedules.sql ----
 -- hydramq: cron schedules. Owns the rows of hydra.schedule (the table is in 00_schema.sql), the
 -- hydra.schedules view, schedule_set / schedule_clear and _fire_due_schedules (called by
@@ -2601,6 +2741,7 @@ BEGIN
         ARRAY[schedule_set.priority], ARRAY[NULL::text], ARRAY[schedule_set.num_attempts],
         ARRAY[schedule_set.lock_secs], ARRAY[schedule_set.lock_secs_factor], ARRAY[0::numeric],
         ARRAY[true], ARRAY[schedule_set.max_processing_secs]);
+    PERFORM hydra._check_payloads(p_queue, ARRAY[p_payload]);
     PERFORM hydra._cron_parse(p_cron, 'cron');
     v_tz := hydra._cron_tz_name(schedule_set.tz, 'tz');
     v_next := hydra.cron_next(p_cron, now(), v_tz);
@@ -3361,7 +3502,7 @@ BEGIN
             GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT;
             retried := retried OPERATOR(pg_catalog.+) 1;
             v_counts := NULL;
-            RAISE WARNING 'hydramq: coordinate_loop round % rolled back (%: %); the next round retries',
+            RAISE WARNING 'hydramq: coordinate_loop round % rolled back (%: %), retried next',
                 rounds, v_state, v_message;
         END;
         COMMIT;
@@ -3393,7 +3534,7 @@ BEGIN
     RAISE LOG 'hydramq: coordinate_loop: % rounds in % s, transitions %, retried rounds %',
         rounds,
         pg_catalog.round(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()
-                                                        OPERATOR(pg_catalog.-) v_started)::numeric, 1),
+                                                OPERATOR(pg_catalog.-) v_started)::numeric, 1),
         transitions, retried;
 END
 $$;
@@ -3462,6 +3603,8 @@ ALTER FUNCTION hydra.worker_idle(text[]) SECURITY DEFINER;
 ALTER FUNCTION hydra.worker_busy() SECURITY DEFINER;
 ALTER FUNCTION hydra.channel_policy_set(text, integer, integer, text) SECURITY DEFINER;
 ALTER FUNCTION hydra.channel_policy_clear(text, text) SECURITY DEFINER;
+ALTER FUNCTION hydra.queue_set(text, integer) SECURITY DEFINER;
+ALTER FUNCTION hydra.queue_clear(text) SECURITY DEFINER;
 ALTER FUNCTION hydra.coordinate(integer, interval) SECURITY DEFINER;
 
 -- The functions and views each job may use, in one place. Objects another file has not
@@ -3488,6 +3631,9 @@ BEGIN ATOMIC
         ('worker', 'function', 'hydra.worker_busy()'),
         ('admin', 'function', 'hydra.channel_policy_set(text,integer,integer,text)'),
         ('admin', 'function', 'hydra.channel_policy_clear(text,text)'),
+        ('admin', 'function', 'hydra.queue_set(text,integer)'),
+        ('admin', 'function', 'hydra.queue_clear(text)'),
+        ('admin', 'view', 'hydra.queues'),
         ('admin', 'function', 'hydra.coordinate(integer,interval)'),
         ('admin', 'function', 'hydra.coordinate_loop(interval,numeric,integer,interval,integer,jsonb,integer)'),
         ('admin', 'function', 'hydra.schedule_set(text,text,jsonb,text,text,text,integer,integer,numeric,numeric,numeric)'),

@@ -272,23 +272,33 @@ def _seconds_left_in(conn: Conn, period_secs: int) -> float:
         (period_secs, period_secs)))  # fmt: skip
 
 
+def _start_with_seconds_left(conn: Conn, period_secs: int, needed: float) -> None:
+    """Sleep into the next period unless the current one has ``needed`` seconds left (periods
+    count from midnight UTC, as hydra.coordinate_loop counts them)."""
+    left = _seconds_left_in(conn, period_secs)
+    if left < needed:
+        time.sleep(left + 0.05)
+
+
+def _call_loop(dsn: str, arguments: str, result: dict[str, Any], setup: str = "") -> None:
+    """CALL hydra.coordinate_loop(arguments) on a connection of its own (for a thread); its
+    result row and the seconds then left in a 10-second period go into ``result``."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if setup:
+            conn.execute(setup)
+        result["row"] = _row(conn, f"CALL hydra.coordinate_loop({arguments})")
+        result["left"] = _seconds_left_in(conn, 10)
+
+
 def test_coordinate_loop_commits_every_round_until_its_period_ends(db: Conn, dsn: str) -> None:
     # A message due a second after the call starts is visible to another session while the
     # call is still looping (each round commits), and the call returns at the end of its
     # 10-second period (periods count from midnight UTC) with what it did.
-    if _seconds_left_in(db, 10) < 6:
-        time.sleep(_seconds_left_in(db, 10) + 0.05)
+    _start_with_seconds_left(db, 10, 6)
     _, message = enqueue(db, {}, delay_secs=1)
     result: dict[str, Any] = {}
-
-    def call() -> None:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            result["row"] = conn.execute(
-                "CALL hydra.coordinate_loop(period => '10 seconds', poll_secs => 0.1)"
-            ).fetchone()
-            result["left"] = _seconds_left_in(conn, 10)
-
-    looping = threading.Thread(target=call)
+    looping = threading.Thread(target=_call_loop, args=(
+        dsn, "period => '10 seconds', poll_secs => 0.1", result))  # fmt: skip
     looping.start()
     try:
         _poll("the delayed message to be released", lambda: db.execute(
@@ -302,6 +312,40 @@ def test_coordinate_loop_commits_every_round_until_its_period_ends(db: Conn, dsn
     assert transitions == {"MESSAGE_RELEASED": 1}
     assert retried == 0
     assert result["left"] > 8  # it returned at the start of the next 10-second period
+
+
+def test_a_round_that_meets_a_lock_timeout_is_rolled_back_and_retried(
+    db: Conn, dsn: str, connect: Callable[..., Conn]
+) -> None:
+    # While another session holds hydra.schedule, every round of a caller with a lock_timeout
+    # fails when it reaches the schedules (55P03) and is rolled back whole: the message due
+    # meanwhile stays pending. The loop goes on, and once the lock is gone a round releases it.
+    _start_with_seconds_left(db, 10, 7)
+    locker = connect(autocommit=False)
+    locker.execute("LOCK TABLE hydra.schedule IN ACCESS EXCLUSIVE MODE")
+    _, message = enqueue(db, {}, delay_secs=0.1)
+    result: dict[str, Any] = {}
+    looping = threading.Thread(target=_call_loop, args=(
+        dsn, "period => '10 seconds', poll_secs => 0.1", result,
+        "SET lock_timeout = '100ms'"))  # fmt: skip
+    looping.start()
+    try:
+        _poll("a round to meet the lock", lambda: db.execute(
+            "SELECT true FROM pg_locks WHERE relation = 'hydra.schedule'::regclass"
+            " AND NOT granted").fetchone(), timeout=5)  # fmt: skip
+        time.sleep(1)  # a few rounds more, all rolled back
+        assert _row(db, "SELECT state::text FROM hydra.message WHERE id = %s",
+                    (message,)) == "pending"
+        locker.rollback()
+        _poll("the release after the lock is gone", lambda: db.execute(
+            "SELECT true FROM hydra.message WHERE id = %s AND state = 'ready'", (message,)
+        ).fetchone(), timeout=5)
+    finally:
+        locker.rollback()
+        looping.join(timeout=15)
+    rounds, transitions, retried = result["row"]
+    assert retried >= 2 and rounds > retried
+    assert transitions == {"MESSAGE_RELEASED": 1}
 
 
 @pytest.mark.parametrize(
