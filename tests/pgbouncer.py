@@ -1,11 +1,12 @@
 """A throwaway PgBouncer in front of the test server, in transaction pooling mode.
 
-``PgBouncer(server_port)`` writes a configuration into a fresh directory and runs Debian's
+``PgBouncer(server_dsn)`` writes a configuration into a fresh directory and runs Debian's
 ``pgbouncer`` (``/usr/sbin/pgbouncer``; ``.ci/run`` installs it) in the foreground on a free
-port of 127.0.0.1: every database name is passed through to the server on ``server_port``
-(``* = host=127.0.0.1 port=...``), clients authenticate by ``trust`` (the user must still be in
-the auth file: ``postgres``). Like the test servers (hydramq.server), it runs as the
-``postgres`` OS user when we are root, since PgBouncer refuses to run as root.
+port of 127.0.0.1: every database name is passed through to the server ``server_dsn`` names
+(``* = host=... port=...``), clients authenticate by ``trust`` as that DSN's user (who must
+still be in the auth file, with the password PgBouncer then gives the server, if any). Like
+the test servers (hydramq.server), it runs as the ``postgres`` OS user when we are root, since
+PgBouncer refuses to run as root.
 
 ``default_pool_size`` is small on purpose: with fewer server connections than clients,
 consecutive transactions of one client land on different server backends, which is what
@@ -29,12 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from hydramq.server import _child_env, _free_port, _server_os_user
 
 BINARY = Path(shutil.which("pgbouncer") or "/usr/sbin/pgbouncer")
 LIFETIME = 600  # seconds: the longest a test may use one PgBouncer
-USER = "postgres"
 
 
 def unavailable() -> str | None:
@@ -50,11 +51,11 @@ def version() -> str:
 
 
 class PgBouncer:
-    """A running PgBouncer forwarding every database to ``127.0.0.1:server_port``."""
+    """A running PgBouncer forwarding every database to the server of ``server_dsn``."""
 
     def __init__(
         self,
-        server_port: int,
+        server_dsn: str,
         *,
         pool_mode: str = "transaction",
         default_pool_size: int = 4,
@@ -64,7 +65,14 @@ class PgBouncer:
         self.log_path = self.dir / "pgbouncer.log"
         self.proc: subprocess.Popen[bytes] | None = None
         os_user = _server_os_user()
-        (self.dir / "userlist.txt").write_text(f'"{USER}" ""\n')
+        server = conninfo_to_dict(server_dsn)
+        self.user = str(server.get("user") or "postgres")
+        self.password = str(server.get("password") or "")
+        host, port = server.get("host") or "127.0.0.1", server.get("port") or 5432
+        quote = '"'
+        (self.dir / "userlist.txt").write_text(
+            f'"{self.user}" "{self.password.replace(quote, quote * 2)}"\n'
+        )
         if os_user is not None:
             os.chown(self.dir, os_user.uid, os_user.gid)
             for f in self.dir.iterdir():
@@ -75,14 +83,14 @@ class PgBouncer:
             ini = self.dir / "pgbouncer.ini"
             ini.write_text(
                 "[databases]\n"
-                f"* = host=127.0.0.1 port={server_port}\n"
+                f"* = host={host} port={port}\n"
                 "[pgbouncer]\n"
                 "listen_addr = 127.0.0.1\n"
                 f"listen_port = {self.port}\n"
                 "unix_socket_dir =\n"
                 "auth_type = trust\n"
                 f"auth_file = {self.dir / 'userlist.txt'}\n"
-                f"admin_users = {USER}\n"
+                f"admin_users = {self.user}\n"
                 f"pool_mode = {pool_mode}\n"
                 f"max_client_conn = {max_client_conn}\n"
                 f"default_pool_size = {default_pool_size}\n"
@@ -107,7 +115,10 @@ class PgBouncer:
 
     def dsn(self, dbname: str) -> str:
         """A libpq URL for ``dbname`` through this PgBouncer."""
-        return f"postgresql://{USER}@127.0.0.1:{self.port}/{dbname}"
+        return make_conninfo(
+            "", host="127.0.0.1", port=self.port, user=self.user, dbname=dbname,
+            password=self.password or None,
+        )  # fmt: skip
 
     @property
     def log(self) -> str:

@@ -85,8 +85,7 @@ def bouncer(dsn: str) -> Iterator[PgBouncer]:
     missing = pgbouncer.unavailable()
     if missing is not None:
         pytest.skip(f"no PgBouncer: {missing}")
-    info = conninfo_to_dict(dsn)
-    proxy = PgBouncer(int(info.get("port") or 5432), default_pool_size=4)
+    proxy = PgBouncer(dsn, default_pool_size=4)
     try:
         yield proxy
     finally:
