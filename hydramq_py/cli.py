@@ -899,8 +899,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--listen-dsn",
         default=os.environ.get("HYDRAMQ_LISTEN_DSN") or None,
         metavar="DSN",
-        help="LISTEN for wake-ups on this connection (direct to the server, or a session-"
-        "pooled port) instead of --dsn; with --pgbouncer, without it the worker polls "
+        help="LISTEN for wake-ups on this connection (direct to the server, not through "
+        "PgBouncer) instead of --dsn; with --pgbouncer, without it the worker polls "
         "(default: $HYDRAMQ_LISTEN_DSN)",
     )
     s.add_argument(
