@@ -23,8 +23,8 @@ the handler:
   ``hydra.worker_busy()``. ``listen=False`` polls only.
 * **PgBouncer** in transaction pooling mode (``pgbouncer=True``): statements are sent
   unprepared, and no LISTEN (nor the idle registration, which names the server session) goes
-  through the pooled ``dsn``: the worker LISTENs on ``listen_dsn`` (a direct or session-pooled
-  connection) when given, else polls only.
+  through the pooled ``dsn``: the worker LISTENs on ``listen_dsn`` (a direct connection to the
+  server) when given, else polls only.
 * **Stop.** The first SIGTERM/SIGINT stops dequeuing, lets in-flight handlers finish, flushes
   acknowledgements and returns 0; a second one returns :data:`EXIT_FORCED` at once, leaving
   in-flight messages to lease expiry (they are re-delivered: at-least-once).
