@@ -1,11 +1,12 @@
 """The handler that tests/test_chaos.py runs inside real ``hydramq worker`` processes.
 
 Each call appends its start, as ``id attempt pid start_time lease_expires_at``, to
-``starts.log`` in ``$DRIVER_TASKS_DIR``, sleeps a few milliseconds (so that kills find work in
-flight) and appends ``id attempt pid ok|fail`` to ``ends.log``. Whether an attempt fails is a
-function of (message id, attempt) -- about 10% of them -- so that the test can tell what each
-attempt was meant to do without trusting the worker that ran it. A payload ``{"die": true}``
-SIGKILLs the worker process that runs it (a message that keeps killing its workers).
+``starts.log`` in ``$DRIVER_TASKS_DIR``, works for a few milliseconds (:func:`pace`, so that
+kills find work in flight) and appends ``id attempt pid ok|fail`` to ``ends.log``. Whether an
+attempt fails is a function of (message id, attempt) -- about 10% of them -- so that the test
+can tell what each attempt was meant to do without trusting the worker that ran it. A payload
+``{"die": true}`` SIGKILLs the worker process that runs it (a message that keeps killing its
+workers).
 """
 
 from __future__ import annotations
@@ -33,8 +34,12 @@ def fails(message_id: int, attempt: int) -> bool:
 
 
 def pace(message_id: int, attempt: int) -> float:
-    """Seconds of work: 10 to 40 ms."""
-    return 0.010 + (_draw(message_id, attempt) >> 8) % 31 / 1000
+    """Seconds of work: 10 to 40 ms, and 200 to 400 ms for one attempt in 16 (the test kills
+    a worker while one of those runs, so that it surely holds that lease when it dies)."""
+    draw = _draw(message_id, attempt) >> 8
+    if draw % 16 == 0:
+        return 0.200 + (draw >> 4) % 201 / 1000
+    return 0.010 + (draw >> 4) % 31 / 1000
 
 
 def _append(name: str, line: str) -> None:
