@@ -103,9 +103,10 @@ CREATE INDEX message_lease_idx ON hydra.message (queue, channel, lease_expires_a
     WHERE state = 'processing';
 CREATE INDEX message_failed_idx ON hydra.message (finished_at)
     WHERE state = 'failed';
--- De-duplication: one never-dequeued message per (queue, name).
+-- De-duplication: one never-dequeued message per (queue, channel, name). Names are scoped to
+-- the channel (a tenant), so that one tenant cannot pre-empt another's name (issue 9, item 6).
 -- flows:begin (the benchmark strips flows:begin..flows:end blocks to measure their cost)
-CREATE UNIQUE INDEX message_dedup_idx ON hydra.message (queue, name)
+CREATE UNIQUE INDEX message_dedup_idx ON hydra.message (queue, channel, name)
     WHERE name IS NOT NULL AND attempt = 0 AND state IN ('pending', 'ready', 'parked');
 -- flows:end
 
@@ -176,6 +177,20 @@ SELECT pg_catalog.pg_extension_config_dump('hydra.parent_outcome', '');
 SELECT pg_catalog.pg_extension_config_dump('hydra.edge_check', '');
 SELECT pg_catalog.pg_extension_config_dump('hydra.channel_limit', '');
 SELECT pg_catalog.pg_extension_config_dump('hydra.slot_epoch_seq', '');
+
+-- Queue settings (SPEC §15: queues are objects with settings; more columns will follow). A
+-- queue needs no row: one without, or a NULL setting, uses the default. hydra.queue_set.
+CREATE TABLE hydra.queue (
+    name              text COLLATE "C" NOT NULL,
+    max_payload_bytes integer,                     -- NULL: the default, 1048576 (1 MiB)
+    updated_at        timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    CONSTRAINT queue_pkey PRIMARY KEY (name)
+);
+
+COMMENT ON TABLE hydra.queue IS
+    'Queues with settings; a queue without a row uses the defaults. Use hydra.queue_set.';
+
+SELECT pg_catalog.pg_extension_config_dump('hydra.queue', '');
 
 -- Cron schedules (their functions are in 70_schedules.sql).
 CREATE TABLE hydra.schedule (

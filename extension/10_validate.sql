@@ -126,6 +126,58 @@ BEGIN
 END
 $$;
 
+-- Payload size (issue 9, item 6): the size of the jsonb value (pg_column_size; a value read
+-- compressed from a table -- a schedule's, or INSERT ... SELECT from a table -- is measured
+-- uncompressed) is at most the queue's max_payload_bytes (hydra.queue; default 1048576, 1 MiB).
+-- Every enqueue path calls this only for a payload above 1024 bytes (the smallest limit
+-- hydra.queue_set accepts) or a compressed one, so the common small message pays no settings
+-- lookup and a larger one one probe of hydra.queue.
+CREATE OR REPLACE FUNCTION hydra._payload_problem(p_queue text, p_payload jsonb)
+RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_size  integer := CASE WHEN pg_catalog.pg_column_compression(p_payload) IS NULL
+                            THEN pg_catalog.pg_column_size(p_payload)
+                            ELSE pg_catalog.pg_column_size(p_payload::text::jsonb) END;
+    v_limit integer;
+BEGIN
+    -- NULL when the payload fits its queue's limit; else the message of the 22023 to raise.
+    SELECT q.max_payload_bytes INTO v_limit FROM hydra.queue q WHERE q.name = p_queue;
+    v_limit := coalesce(v_limit, 1048576);
+    IF v_size > v_limit THEN
+        RETURN format('payload: must be at most %s bytes in queue %s (max_payload_bytes); '
+                      'this one has %s', v_limit, pg_catalog.quote_literal(p_queue), v_size);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- Raises 22023 for the first payload (in array order) that is too large for p_queue.
+CREATE OR REPLACE FUNCTION hydra._check_payloads(p_queue text, p_payloads jsonb[])
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_problem text;
+BEGIN
+    -- Only payloads above 1024 bytes, or compressed, can break a limit (_payload_problem).
+    SELECT x.problem INTO v_problem
+      FROM (SELECT hydra._payload_problem(p_queue, u.p) AS problem, u.o
+              FROM unnest(p_payloads) WITH ORDINALITY u(p, o)
+             WHERE pg_catalog.pg_column_size(u.p) > 1024
+                OR pg_catalog.pg_column_compression(u.p) IS NOT NULL) x
+     WHERE x.problem IS NOT NULL
+     ORDER BY x.o
+     LIMIT 1;
+    IF v_problem IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = v_problem;
+    END IF;
+END
+$$;
+
 -- Seconds to wait after the k-th failed attempt: lock_secs * factor^(k-1), capped at ten years.
 CREATE OR REPLACE FUNCTION hydra._backoff(p_lock_secs numeric, p_factor numeric, p_attempt integer)
 RETURNS interval

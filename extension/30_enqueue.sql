@@ -100,12 +100,18 @@ END
 $$;
 
 -- Wakes idle workers of a queue, only when one is registered: NOTIFY serialises commits, so the
--- hot enqueue path must not pay for it while every worker is busy.
+-- hot enqueue path must not pay for it while every worker is busy. Any role may LISTEN (or
+-- NOTIFY) hydra_enqueue without a grant, so the payload names no queue: it is the backend pid
+-- of the worker whose registration was claimed (pids are public in pg_stat_activity), or ''
+-- (every idle worker re-checks) when none could be claimed. A NOTIFY is only a hint: a worker
+-- it wakes dequeues, and a spurious one costs that worker one empty dequeue.
 CREATE OR REPLACE FUNCTION hydra._wake_workers(p_queue text)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    v_pid integer;
 BEGIN
     -- While a worker is registered idle: claim one registration (SKIP LOCKED: never waits)
     -- and notify. A registration another open transaction has claimed may never be
@@ -113,8 +119,9 @@ BEGIN
     IF EXISTS (SELECT 1 FROM hydra.waiting_worker w WHERE w.queue = p_queue) THEN
         DELETE FROM hydra.waiting_worker w
          WHERE w.id = (SELECT x.id FROM hydra.waiting_worker x
-                        WHERE x.queue = p_queue LIMIT 1 FOR UPDATE SKIP LOCKED);
-        PERFORM pg_catalog.pg_notify('hydra_enqueue', p_queue);
+                        WHERE x.queue = p_queue LIMIT 1 FOR UPDATE SKIP LOCKED)
+        RETURNING w.backend_pid INTO v_pid;
+        PERFORM pg_catalog.pg_notify('hydra_enqueue', coalesce(v_pid::text, ''));
     END IF;
 END
 $$;
@@ -163,6 +170,7 @@ BEGIN
     PERFORM hydra._check_message_options(p_payloads, p_channels, p_priorities, p_names,
         p_num_attempts, p_lock_secs, p_lock_secs_factor, p_delay_secs, p_cascade_failure,
         p_max_processing_secs);
+    PERFORM hydra._check_payloads(p_queue, p_payloads);
     IF v_count = 0 THEN
         RETURN;
     END IF;
@@ -282,7 +290,7 @@ BEGIN
               LEFT JOIN bases b ON b.channel = x.channel AND b.prio = x.prio
              ORDER BY x.ord
             -- flows:begin
-            ON CONFLICT (queue, name)
+            ON CONFLICT (queue, channel, name)
                WHERE name IS NOT NULL AND attempt = 0 AND state IN ('pending', 'ready', 'parked')
                DO NOTHING
             -- flows:end
@@ -333,7 +341,9 @@ BEGIN
           INTO v_dup_ords, v_dup_ids, v_pending_ords
           FROM unnest(v_pending_ords) o(ord)
           LEFT JOIN LATERAL (SELECT x.id FROM hydra.message x
-                              WHERE x.queue = p_queue AND x.name = p_names[o.ord]
+                              WHERE x.queue = p_queue
+                                AND x.channel = coalesce(p_channels[o.ord], '')
+                                AND x.name = p_names[o.ord]
                                 AND x.attempt = 0 AND x.state IN ('pending', 'ready', 'parked')
                               LIMIT 1) e ON true;
         RETURN QUERY
@@ -384,7 +394,11 @@ BEGIN
              ELSE 'queue: ' || hydra._name_problem(enqueue.queue) END,
         hydra._message_problem(enqueue.payload, enqueue.channel, enqueue.priority,
             enqueue.name, enqueue.num_attempts, enqueue.lock_secs, enqueue.lock_secs_factor,
-            enqueue.delay_secs, enqueue.cascade_failure, enqueue.max_processing_secs));
+            enqueue.delay_secs, enqueue.cascade_failure, enqueue.max_processing_secs),
+        -- The queue's payload limit: looked up only above 1024 bytes (_payload_problem).
+        CASE WHEN pg_column_size(enqueue.payload) > 1024
+                  OR pg_column_compression(enqueue.payload) IS NOT NULL
+             THEN hydra._payload_problem(enqueue.queue, enqueue.payload) END);
     IF v_problem IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = v_problem;
     END IF;
@@ -454,8 +468,8 @@ $$;
 COMMENT ON FUNCTION hydra.enqueue(jsonb, text, text, integer, text, integer, numeric, numeric,
                                   numeric, bigint[], boolean, numeric) IS
 'Stores one message inside the caller''s transaction. Returns (result, message_id): result is
-''enqueued'', ''deduplicated'' (a never-dequeued message with this name exists in the queue; its
-id is returned) or ''dropped'' (the channel is at max_size). Raises 22023 on bad input.';
+''enqueued'', ''deduplicated'' (a never-dequeued message with this name exists in the same queue
+and channel; its id is returned) or ''dropped'' (the channel is at max_size). Raises 22023 on bad input.';
 
 -- The JSON elements of an enqueue_many call that the plain batch path cannot take: anything
 -- malformed (left to the precise checks of enqueue_many) and any key beyond the plain options
@@ -543,9 +557,14 @@ BEGIN
          WHERE NOT EXISTS (SELECT 1 FROM raw x
                             WHERE x.priority !~ '^-?[0-9]+$' OR x.num_attempts !~ '^-?[0-9]+$')
     ), checked AS MATERIALIZED (
-        SELECT k.*, hydra._message_problem(k.payload, k.channel, k.priority, NULL,
-                        k.num_attempts, k.lock_secs, k.factor, k.delay, k.cascade,
-                        k.max_processing) AS problem
+        SELECT k.*, coalesce(hydra._message_problem(k.payload, k.channel, k.priority, NULL,
+                                 k.num_attempts, k.lock_secs, k.factor, k.delay, k.cascade,
+                                 k.max_processing),
+                             -- The payload limit, looked up only above 1024 bytes.
+                             CASE WHEN pg_column_size(k.payload) > 1024
+                                       OR pg_column_compression(k.payload) IS NOT NULL
+                                  THEN hydra._payload_problem(p_queue, k.payload) END)
+                   AS problem
           FROM typed k
     ), bases AS (
         SELECT v.channel, v.prio, v.base

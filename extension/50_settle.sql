@@ -165,8 +165,8 @@ COMMENT ON FUNCTION hydra.complete(bigint, uuid) IS
 'Marks one leased message as succeeded. Returns false when the lease is no longer held.';
 
 -- Moves locked-by-caller processing messages to locked (retry after back-off) or failed.
--- Shared by fail_many and lease expiry; the caller has locked the rows FOR UPDATE, which waits
--- for producers attaching children (FOR KEY SHARE) so that every edge is seen.
+-- Shared by fail_many and lease expiry; the caller has locked the rows FOR UPDATE (producers
+-- lock no parent; only coordinate()'s check of a new edge holds one, FOR KEY SHARE, briefly).
 CREATE OR REPLACE FUNCTION hydra._settle_failures(p_ids bigint[], p_errors text[], p_retry boolean[])
 RETURNS SETOF hydra.fail_result
 LANGUAGE plpgsql

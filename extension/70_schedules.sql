@@ -52,6 +52,7 @@ BEGIN
         ARRAY[schedule_set.priority], ARRAY[NULL::text], ARRAY[schedule_set.num_attempts],
         ARRAY[schedule_set.lock_secs], ARRAY[schedule_set.lock_secs_factor], ARRAY[0::numeric],
         ARRAY[true], ARRAY[schedule_set.max_processing_secs]);
+    PERFORM hydra._check_payloads(p_queue, ARRAY[p_payload]);
     PERFORM hydra._cron_parse(p_cron, 'cron');
     v_tz := hydra._cron_tz_name(schedule_set.tz, 'tz');
     v_next := hydra.cron_next(p_cron, now(), v_tz);

@@ -32,6 +32,8 @@ ALTER FUNCTION hydra.worker_idle(text[]) SECURITY DEFINER;
 ALTER FUNCTION hydra.worker_busy() SECURITY DEFINER;
 ALTER FUNCTION hydra.channel_policy_set(text, integer, integer, text) SECURITY DEFINER;
 ALTER FUNCTION hydra.channel_policy_clear(text, text) SECURITY DEFINER;
+ALTER FUNCTION hydra.queue_set(text, integer) SECURITY DEFINER;
+ALTER FUNCTION hydra.queue_clear(text) SECURITY DEFINER;
 ALTER FUNCTION hydra.coordinate(integer, interval) SECURITY DEFINER;
 
 -- The functions and views each job may use, in one place. Objects another file has not
@@ -58,6 +60,9 @@ BEGIN ATOMIC
         ('worker', 'function', 'hydra.worker_busy()'),
         ('admin', 'function', 'hydra.channel_policy_set(text,integer,integer,text)'),
         ('admin', 'function', 'hydra.channel_policy_clear(text,text)'),
+        ('admin', 'function', 'hydra.queue_set(text,integer)'),
+        ('admin', 'function', 'hydra.queue_clear(text)'),
+        ('admin', 'view', 'hydra.queues'),
         ('admin', 'function', 'hydra.coordinate(integer,interval)'),
         ('admin', 'function', 'hydra.coordinate_loop(interval,numeric,integer,interval,integer,jsonb,integer)'),
         ('admin', 'function', 'hydra.schedule_set(text,text,jsonb,text,text,text,integer,integer,numeric,numeric,numeric)'),

@@ -16,8 +16,10 @@ the handler:
 * **Heartbeats.** A handler still running at half of its lease gets ``hydra.heartbeat`` calls.
 * **Wake-ups.** When a dequeue finds nothing, the worker registers itself idle
   (``hydra.worker_idle``) on a dedicated LISTEN connection and waits for a NOTIFY on
-  ``hydra_enqueue`` (payload: queue name), re-checking with exponential back-off
-  (``poll_min`` → ``poll_max``) for messages that become ready by time (delays, back-off).
+  ``hydra_enqueue`` (payload: the pid of the LISTEN session whose registration the enqueue
+  claimed, or empty: never a queue name, since any role may LISTEN), re-checking with
+  exponential back-off (``poll_min`` → ``poll_max``) for messages that become ready by time
+  (delays, back-off).
   Enqueue NOTIFYs only while some worker is registered idle, which keeps NOTIFY — whose commits
   PostgreSQL serialises — off the hot enqueue path. On getting work it calls
   ``hydra.worker_busy()``. ``listen=False`` polls only.
@@ -612,8 +614,13 @@ class _Listener:
 
     async def _notified(self, conn: psycopg.AsyncConnection[Any], timeout: float) -> bool:
         async for note in conn.notifies(timeout=timeout):
+            # Our pid (our registration was claimed), empty (wake every idle worker), or a
+            # queue name (what extension 0.1.0 sends). Only a hint: a spurious one costs one
+            # empty dequeue.
             if note.channel == sql.NOTIFY_CHANNEL and (
-                not note.payload or note.payload in self.queues
+                not note.payload
+                or note.payload == str(conn.info.backend_pid)
+                or note.payload in self.queues
             ):
                 return True
         return False

@@ -33,6 +33,12 @@ COMMENT ON TABLE hydra.queue IS
 
 SELECT pg_catalog.pg_extension_config_dump('hydra.queue', '');
 
+-- Issue 9, item 6: de-duplication names are scoped to (queue, channel), no longer shared by
+-- every producer of a queue. 0.1.0's names were unique per queue, so per channel too.
+DROP INDEX hydra.message_dedup_idx;
+CREATE UNIQUE INDEX message_dedup_idx ON hydra.message (queue, channel, name)
+    WHERE name IS NOT NULL AND attempt = 0 AND state IN ('pending', 'ready', 'parked');
+
 -- ---- extension/10_validate.sql ----
 -- Argument checks shared by the public functions. Each raises SQLSTATE 22023 with a message
 -- that starts with the argument's name, before anything is written.
@@ -1040,7 +1046,7 @@ BEGIN
               LEFT JOIN bases b ON b.channel = x.channel AND b.prio = x.prio
              ORDER BY x.ord
             -- flows:begin
-            ON CONFLICT (queue, name)
+            ON CONFLICT (queue, channel, name)
                WHERE name IS NOT NULL AND attempt = 0 AND state IN ('pending', 'ready', 'parked')
                DO NOTHING
             -- flows:end
@@ -1091,7 +1097,9 @@ BEGIN
           INTO v_dup_ords, v_dup_ids, v_pending_ords
           FROM unnest(v_pending_ords) o(ord)
           LEFT JOIN LATERAL (SELECT x.id FROM hydra.message x
-                              WHERE x.queue = p_queue AND x.name = p_names[o.ord]
+                              WHERE x.queue = p_queue
+                                AND x.channel = coalesce(p_channels[o.ord], '')
+                                AND x.name = p_names[o.ord]
                                 AND x.attempt = 0 AND x.state IN ('pending', 'ready', 'parked')
                               LIMIT 1) e ON true;
         RETURN QUERY
@@ -1216,8 +1224,8 @@ $$;
 COMMENT ON FUNCTION hydra.enqueue(jsonb, text, text, integer, text, integer, numeric, numeric,
                                   numeric, bigint[], boolean, numeric) IS
 'Stores one message inside the caller''s transaction. Returns (result, message_id): result is
-''enqueued'', ''deduplicated'' (a never-dequeued message with this name exists in the queue; its
-id is returned) or ''dropped'' (the channel is at max_size). Bounds: num_attempts >= 1;
+''enqueued'', ''deduplicated'' (a never-dequeued message with this name exists in the same queue
+and channel; its id is returned) or ''dropped'' (the channel is at max_size). Bounds: num_attempts >= 1;
 lock_secs and delay_secs 0 or 0.001 to 315360000 (ten years); max_processing_secs 0.001 to
 315360000; lock_secs_factor 1 to 100; priority > -2147483648. Raises 22023 naming the argument
 on bad input; nothing is written then.';

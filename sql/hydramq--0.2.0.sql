@@ -109,9 +109,10 @@ CREATE INDEX message_lease_idx ON hydra.message (queue, channel, lease_expires_a
     WHERE state = 'processing';
 CREATE INDEX message_failed_idx ON hydra.message (finished_at)
     WHERE state = 'failed';
--- De-duplication: one never-dequeued message per (queue, name).
+-- De-duplication: one never-dequeued message per (queue, channel, name). Names are scoped to
+-- the channel (a tenant), so that one tenant cannot pre-empt another's name (issue 9, item 6).
 -- flows:begin (the benchmark strips flows:begin..flows:end blocks to measure their cost)
-CREATE UNIQUE INDEX message_dedup_idx ON hydra.message (queue, name)
+CREATE UNIQUE INDEX message_dedup_idx ON hydra.message (queue, channel, name)
     WHERE name IS NOT NULL AND attempt = 0 AND state IN ('pending', 'ready', 'parked');
 -- flows:end
 
@@ -1245,7 +1246,7 @@ BEGIN
               LEFT JOIN bases b ON b.channel = x.channel AND b.prio = x.prio
              ORDER BY x.ord
             -- flows:begin
-            ON CONFLICT (queue, name)
+            ON CONFLICT (queue, channel, name)
                WHERE name IS NOT NULL AND attempt = 0 AND state IN ('pending', 'ready', 'parked')
                DO NOTHING
             -- flows:end
@@ -1296,7 +1297,9 @@ BEGIN
           INTO v_dup_ords, v_dup_ids, v_pending_ords
           FROM unnest(v_pending_ords) o(ord)
           LEFT JOIN LATERAL (SELECT x.id FROM hydra.message x
-                              WHERE x.queue = p_queue AND x.name = p_names[o.ord]
+                              WHERE x.queue = p_queue
+                                AND x.channel = coalesce(p_channels[o.ord], '')
+                                AND x.name = p_names[o.ord]
                                 AND x.attempt = 0 AND x.state IN ('pending', 'ready', 'parked')
                               LIMIT 1) e ON true;
         RETURN QUERY
@@ -1421,8 +1424,8 @@ $$;
 COMMENT ON FUNCTION hydra.enqueue(jsonb, text, text, integer, text, integer, numeric, numeric,
                                   numeric, bigint[], boolean, numeric) IS
 'Stores one message inside the caller''s transaction. Returns (result, message_id): result is
-''enqueued'', ''deduplicated'' (a never-dequeued message with this name exists in the queue; its
-id is returned) or ''dropped'' (the channel is at max_size). Bounds: num_attempts >= 1;
+''enqueued'', ''deduplicated'' (a never-dequeued message with this name exists in the same queue
+and channel; its id is returned) or ''dropped'' (the channel is at max_size). Bounds: num_attempts >= 1;
 lock_secs and delay_secs 0 or 0.001 to 315360000 (ten years); max_processing_secs 0.001 to
 315360000; lock_secs_factor 1 to 100; priority > -2147483648. Raises 22023 naming the argument
 on bad input; nothing is written then.';

@@ -28,10 +28,12 @@ from flow_helpers import (
 Conn = psycopg.Connection[Any]
 
 
-def test_same_name_in_same_queue_is_deduplicated_while_never_dequeued(db: Conn) -> None:
-    first = enqueue(db, {"v": 1}, name="report")
+def test_same_name_in_same_channel_is_deduplicated_while_never_dequeued(db: Conn) -> None:
+    # Names are scoped to (queue, channel): tests/test_hardening_tenancy.py shows another
+    # channel's name is a separate message.
+    first = enqueue(db, {"v": 1}, name="report", channel="tenant")
     assert first[0] == "enqueued"
-    again = enqueue(db, {"v": 2}, name="report", channel="other-channel", priority=5)
+    again = enqueue(db, {"v": 2}, name="report", channel="tenant", priority=5)
     assert again == ("deduplicated", first[1])
     assert count_messages(db) == 1
     (leased,) = dequeue(db, batch=10)

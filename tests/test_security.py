@@ -279,7 +279,8 @@ def test_queue_channel_and_message_names_with_sql_in_them_are_stored_as_data(db:
     result, mid = enqueue(db, {"k": INJECTION}, queue=INJECTION, channel=INJECTION,
                           name=INJECTION)
     assert result == "enqueued"
-    assert enqueue(db, {}, queue=INJECTION, name=INJECTION) == ("deduplicated", mid)
+    assert enqueue(db, {}, queue=INJECTION, channel=INJECTION, name=INJECTION) == (
+        "deduplicated", mid)
     rows = enqueue_many(db, [{"payload": 1, "channel": INJECTION + '"'}], queue=INJECTION)
     assert rows[0][1] == "enqueued"
     db.execute("SELECT hydra.channel_policy_set(%s, max_size => 5, queue => %s)",
