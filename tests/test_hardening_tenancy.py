@@ -218,6 +218,7 @@ def test_many_children_attached_by_open_producers_all_resolve(db: Conn, connect:
         if i % 2:
             assert state_of(db, c) == "failed"
     assert db.execute("SELECT count(*) FROM hydra.parent_outcome").fetchone() == (0,)
+    assert db.execute("SELECT count(*) FROM hydra.edge_check").fetchone() == (0,)
 
 
 # --------------------------------------------------------------------------------------------
