@@ -70,20 +70,28 @@ RETURN coalesce(
     'name: ' OPERATOR(pg_catalog.||) hydra._name_problem(p_name),
     CASE WHEN p_num_attempts IS NULL OR p_num_attempts OPERATOR(pg_catalog.<) 1
               THEN 'num_attempts: must be at least 1'
-         WHEN p_lock_secs IS NULL OR p_lock_secs OPERATOR(pg_catalog.<) 0
-              THEN 'lock_secs: must be 0 or more'
-         WHEN p_factor IS NULL OR p_factor OPERATOR(pg_catalog.<) 1
-              THEN 'lock_secs_factor: must be at least 1'
-         WHEN p_delay IS NULL OR p_delay OPERATOR(pg_catalog.<) 0
-              THEN 'delay_secs: must be 0 or more'
+         -- Bounds (docs/design.md, "Bounds of numeric options"): seconds are 0 (where that
+         -- means "at once") or 0.001 to ten years, the factor 1 to 100. NaN and the
+         -- infinities fall outside every range (numeric sorts NaN above all numbers); 1e-400
+         -- or 1e131071 would underflow or overflow the double precision of an interval.
+         WHEN p_lock_secs IS NULL
+              OR NOT (p_lock_secs OPERATOR(pg_catalog.=) 0
+                      OR p_lock_secs OPERATOR(pg_catalog.>=) 0.001
+                         AND p_lock_secs OPERATOR(pg_catalog.<=) 315360000)
+              THEN 'lock_secs: must be 0 or between 0.001 and 315360000 (ten years)'
+         WHEN p_factor IS NULL
+              OR NOT (p_factor OPERATOR(pg_catalog.>=) 1 AND p_factor OPERATOR(pg_catalog.<=) 100)
+              THEN 'lock_secs_factor: must be between 1 and 100'
+         WHEN p_delay IS NULL
+              OR NOT (p_delay OPERATOR(pg_catalog.=) 0
+                      OR p_delay OPERATOR(pg_catalog.>=) 0.001
+                         AND p_delay OPERATOR(pg_catalog.<=) 315360000)
+              THEN 'delay_secs: must be 0 or between 0.001 and 315360000 (ten years)'
          WHEN p_cascade IS NULL THEN 'cascade_failure: must not be NULL'
-         WHEN p_max_processing IS NULL OR p_max_processing OPERATOR(pg_catalog.<=) 0
-              THEN 'max_processing_secs: must be greater than 0'
-         WHEN p_delay OPERATOR(pg_catalog.>) 315360000
-              OR p_max_processing OPERATOR(pg_catalog.>) 315360000
-              OR p_lock_secs OPERATOR(pg_catalog.>) 315360000
-              THEN 'delay_secs, lock_secs, max_processing_secs: must be at most 315360000 '
-                   '(ten years)' END);
+         WHEN p_max_processing IS NULL
+              OR NOT (p_max_processing OPERATOR(pg_catalog.>=) 0.001
+                      AND p_max_processing OPERATOR(pg_catalog.<=) 315360000)
+              THEN 'max_processing_secs: must be between 0.001 and 315360000 (ten years)' END);
 
 -- Checks the options every message carries; the arrays are aligned, one element per message.
 CREATE OR REPLACE FUNCTION hydra._check_message_options(
@@ -179,11 +187,21 @@ END
 $$;
 
 -- Seconds to wait after the k-th failed attempt: lock_secs * factor^(k-1), capped at ten years.
+-- Total: it never raises, whatever the row holds. Rows stored before 0.2.0's bounds may carry
+-- lock_secs 1e-400 or a factor of 1e131071, NaN or Infinity; the base is clamped to [0, ten
+-- years] and rounded to whole milliseconds, the factor clamped to [1, 100], and the growth is
+-- compared with the cap in log space before any power is taken (so neither numeric nor
+-- double precision can overflow or underflow).
 CREATE OR REPLACE FUNCTION hydra._backoff(p_lock_secs numeric, p_factor numeric, p_attempt integer)
 RETURNS interval
 LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
-RETURN make_interval(secs => least(
-    315360000::numeric,
-    p_lock_secs * power(p_factor, least(greatest(p_attempt - 1, 0), 200)::numeric)
-)::double precision);
+RETURN (SELECT make_interval(secs => CASE
+                   WHEN b.secs = 0 THEN 0
+                   WHEN b.k * ln(b.factor) >= ln(315360000 / b.secs) THEN 315360000
+                   ELSE least(b.secs * power(b.factor, b.k), 315360000) END)
+          FROM (SELECT round(least(greatest(coalesce(p_lock_secs, 0), 0), 315360000),
+                             3)::double precision AS secs,
+                       least(greatest(coalesce(p_factor, 1), 1), 100)::double precision
+                           AS factor,
+                       (greatest(coalesce(p_attempt, 1), 1) - 1)::double precision AS k) b);

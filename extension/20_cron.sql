@@ -463,14 +463,19 @@ DECLARE
     p_tz    ALIAS FOR $3;
     v_spec  hydra._cron_spec := hydra._cron_parse(p_expr);
     v_zone  text := hydra._cron_tz_name(p_tz);
+    v_next  timestamptz;
 BEGIN
     -- Evaluates in zone p_tz; the SET TimeZone clause restores the caller's zone on return.
+    -- Both ends of the range stay loadable by clients in every zone (Python's datetime ends
+    -- with year 9999): a fire time after 9999-12-30 00:00 UTC is NULL, "no next time", and a
+    -- schedule that meets it stops.
     IF p_after IS NULL OR NOT p_after BETWEEN '0001-01-02 00:00+00' AND '9999-12-30 00:00+00' THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
             MESSAGE = 'after: must be a finite timestamp between years 1 and 9999';
     END IF;
     PERFORM set_config('TimeZone', v_zone, true);
-    RETURN hydra._cron_next(v_spec, p_after);
+    v_next := hydra._cron_next(v_spec, p_after);
+    RETURN CASE WHEN v_next <= '9999-12-30 00:00+00' THEN v_next END;
 END;
 $$;
 
@@ -482,7 +487,8 @@ COMMENT ON FUNCTION hydra.cron_next(text, timestamptz, text) IS
 'First fire time of cron expression expr strictly after "after", evaluated on wall-clock time '
 'in IANA time zone tz (default UTC). DST: a time of day skipped by a spring-forward gap fires '
 'at the end of the gap, one repeated by a fall-back fires once; expressions whose hour field '
-'is * follow the clock. See docs/cron.md.';
+'is * follow the clock. "after" must lie between 0001-01-02 and 9999-12-30 00:00 UTC; a fire '
+'time after 9999-12-30 00:00 UTC is returned as NULL (none). See docs/cron.md.';
 
 REVOKE ALL ON FUNCTION hydra._cron_value(text, text, int, int, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION hydra._cron_field(text, text, int, int, text) FROM PUBLIC;

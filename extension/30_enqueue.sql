@@ -469,7 +469,10 @@ COMMENT ON FUNCTION hydra.enqueue(jsonb, text, text, integer, text, integer, num
                                   numeric, bigint[], boolean, numeric) IS
 'Stores one message inside the caller''s transaction. Returns (result, message_id): result is
 ''enqueued'', ''deduplicated'' (a never-dequeued message with this name exists in the same queue
-and channel; its id is returned) or ''dropped'' (the channel is at max_size). Raises 22023 on bad input.';
+and channel; its id is returned) or ''dropped'' (the channel is at max_size). Bounds: num_attempts >= 1;
+lock_secs and delay_secs 0 or 0.001 to 315360000 (ten years); max_processing_secs 0.001 to
+315360000; lock_secs_factor 1 to 100; priority > -2147483648. Raises 22023 naming the argument
+on bad input; nothing is written then.';
 
 -- The JSON elements of an enqueue_many call that the plain batch path cannot take: anything
 -- malformed (left to the precise checks of enqueue_many) and any key beyond the plain options
@@ -555,7 +558,10 @@ BEGIN
                w.delay = 0 AS ready
           FROM raw w
          WHERE NOT EXISTS (SELECT 1 FROM raw x
-                            WHERE x.priority !~ '^-?[0-9]+$' OR x.num_attempts !~ '^-?[0-9]+$')
+                            -- Nine digits always fit an integer; anything else (1.0, or
+                            -- 99999999999) is named by the general path's checks.
+                            WHERE x.priority !~ '^-?[0-9]{1,9}$'
+                               OR x.num_attempts !~ '^-?[0-9]{1,9}$')
     ), checked AS MATERIALIZED (
         SELECT k.*, coalesce(hydra._message_problem(k.payload, k.channel, k.priority, NULL,
                                  k.num_attempts, k.lock_secs, k.factor, k.delay, k.cascade,
@@ -674,8 +680,12 @@ BEGIN
      WHERE jsonb_typeof(e.elem) <> 'object' OR NOT e.elem ? 'payload'
      LIMIT 1;
     IF v_bad IS NULL THEN
+        -- An integer must also fit its type (an int4; an id a bigint): never a cast error.
         SELECT format('messages[%s].%s: %s', e.ord, k.key,
                       CASE WHEN t.kind IS NULL THEN 'unknown key'
+                           WHEN t.kind = 'an integer' AND jsonb_typeof(k.value) = 'number'
+                                AND k.value::text ~ '^-?[0-9]+$'
+                                THEN 'must be between -2147483648 and 2147483647'
                            ELSE 'must be ' || t.kind END)
           INTO v_bad
           FROM jsonb_array_elements(messages) WITH ORDINALITY e(elem, ord),
@@ -691,13 +701,21 @@ BEGIN
          WHERE t.kind IS NULL
             OR jsonb_typeof(k.value) <> 'null' AND CASE t.kind
                  WHEN 'a string' THEN jsonb_typeof(k.value) <> 'string'
-                 WHEN 'an integer' THEN jsonb_typeof(k.value) <> 'number'
-                                        OR k.value::text !~ '^-?[0-9]+$'
+                 WHEN 'an integer' THEN CASE WHEN jsonb_typeof(k.value) <> 'number'
+                                                  OR k.value::text !~ '^-?[0-9]{1,10}$'
+                                             THEN true
+                                             ELSE k.value::text::bigint
+                                                  NOT BETWEEN -2147483648 AND 2147483647 END
                  WHEN 'a number' THEN jsonb_typeof(k.value) <> 'number'
                  WHEN 'a boolean' THEN jsonb_typeof(k.value) <> 'boolean'
                  WHEN 'an array of integers'
                       THEN jsonb_typeof(k.value) <> 'array'
-                           OR jsonb_path_exists(k.value, '$[*] ? (@.type() != "number")')
+                           OR EXISTS (SELECT 1 FROM jsonb_array_elements(k.value) d
+                                       WHERE CASE WHEN jsonb_typeof(d) <> 'number'
+                                                    OR d::text !~ '^-?[0-9]{1,19}$' THEN true
+                                                  ELSE d::text::numeric NOT BETWEEN
+                                                       -9223372036854775808
+                                                       AND 9223372036854775807 END)
                  ELSE false END
          LIMIT 1;
     END IF;
@@ -753,5 +771,6 @@ COMMENT ON FUNCTION hydra.enqueue_many(jsonb, text, text, integer, text, integer
 'Stores many messages in one call. messages is a JSON array of objects with "payload" and any
 of the options of hydra.enqueue ("channel", "priority", "name", "num_attempts", "lock_secs",
 "lock_secs_factor", "delay_secs", "depends_on", "cascade_failure", "max_processing_secs"); a
-key present overrides the default given to this call. Returns (ord, result, message_id) per
-element, ord being its 1-based position.';
+key present overrides the default given to this call (bounds as for hydra.enqueue; integers
+must fit their type, depends_on ids a bigint). Returns (ord, result, message_id) per element,
+ord being its 1-based position.';

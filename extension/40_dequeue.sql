@@ -23,7 +23,10 @@ BEGIN
            SET state = 'processing',
                attempt = m.attempt + 1,
                lease_token = gen_random_uuid(),
-               lease_expires_at = now() + make_interval(secs => m.max_processing_secs::float8)
+               -- Clamped to the bounds: a row stored before them (1e-400) must not raise
+               -- here, where it would fail every dequeue of the queue. Two comparisons.
+               lease_expires_at = now() + make_interval(
+                   secs => greatest(least(m.max_processing_secs, 315360000), 0.001)::float8)
          WHERE m.id = ANY (p_ids)
         RETURNING m.*
     )
@@ -130,7 +133,8 @@ BEGIN
                attempt = m.attempt + 1,
                slot_epoch = CASE WHEN t.takes_slot THEN t.epoch ELSE m.slot_epoch END,
                lease_token = gen_random_uuid(),
-               lease_expires_at = now() + make_interval(secs => m.max_processing_secs::float8)
+               lease_expires_at = now() + make_interval(   -- clamped: see _lease
+                   secs => greatest(least(m.max_processing_secs, 315360000), 0.001)::float8)
           FROM taken t
          WHERE m.id = t.id
         RETURNING m.*

@@ -164,26 +164,28 @@ RETURN EXISTS (SELECT 1 FROM hydra.complete_many(ARRAY[message_id], ARRAY[lease_
 COMMENT ON FUNCTION hydra.complete(bigint, uuid) IS
 'Marks one leased message as succeeded. Returns false when the lease is no longer held.';
 
--- Moves locked-by-caller processing messages to locked (retry after back-off) or failed.
--- Shared by fail_many and lease expiry; the caller has locked the rows FOR UPDATE (producers
--- lock no parent; only coordinate()'s check of a new edge holds one, FOR KEY SHARE, briefly).
-CREATE OR REPLACE FUNCTION hydra._settle_failures(p_ids bigint[], p_errors text[], p_retry boolean[])
-RETURNS SETOF hydra.fail_result
+-- The set-based core of _settle_failures: moves the given processing messages to locked
+-- (retry after back-off) or failed in one statement; returns the ids that failed and the slots
+-- (queue, channel, epoch) they held.
+CREATE OR REPLACE FUNCTION hydra._settle_rows(
+    p_ids        bigint[],
+    p_errors     text[],
+    p_retry      boolean[],
+    OUT failed   bigint[],
+    OUT queues   text[],
+    OUT channels text[],
+    OUT epochs   bigint[]
+)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
 SET jit = off
 AS $$
-DECLARE
-    v_failed   bigint[];
-    v_queues   text[];
-    v_channels text[];
-    v_epochs   bigint[];
 BEGIN
-    -- Decides retry vs finish per message; releases slots; records outcomes of finished ones.
-    -- The slot a message held is read before the update clears it, and handed through the
-    -- update's RETURNING (one probe per message; no join of the results back to the rows).
+    -- Decides retry vs finish per message. The slot a message held is read before the update
+    -- clears it, and handed through the update's RETURNING (one probe per message; no join of
+    -- the results back to the rows).
     WITH input AS MATERIALIZED (
         SELECT u.id, u.err, coalesce(u.retry, true) AS retry, o.queue, o.channel, o.slot_epoch
           FROM unnest(p_ids, p_errors, p_retry) u(id, err, retry)
@@ -210,8 +212,104 @@ BEGIN
            array_agg(u.queue) FILTER (WHERE u.slot_epoch IS NOT NULL),
            array_agg(u.channel) FILTER (WHERE u.slot_epoch IS NOT NULL),
            array_agg(u.slot_epoch) FILTER (WHERE u.slot_epoch IS NOT NULL)
-      INTO v_failed, v_queues, v_channels, v_epochs
+      INTO failed, queues, channels, epochs
       FROM upd u;
+END
+$$;
+
+-- The last resort of _settle_failures for one message whose settlement raised: failed at
+-- once, with the error kept, by an update that computes nothing from the row. Returns what
+-- _settle_rows returns for it.
+CREATE OR REPLACE FUNCTION hydra._settle_broken(
+    p_id         bigint,
+    p_error      text,
+    OUT failed   bigint[],
+    OUT queues   text[],
+    OUT channels text[],
+    OUT epochs   bigint[]
+)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+SET jit = off
+AS $$
+DECLARE
+    v_queue   text;
+    v_channel text;
+    v_epoch   bigint;
+BEGIN
+    -- processing -> failed; the slot it held is read first and returned for release. Ending
+    -- a message needs FOR UPDATE (children being attached; fail_many holds it already):
+    -- when a producer holds the row, it is left for the next call.
+    SELECT m.queue, m.channel, m.slot_epoch INTO v_queue, v_channel, v_epoch
+      FROM hydra.message m WHERE m.id = p_id
+       FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+        failed := '{}';
+        RETURN;
+    END IF;
+    UPDATE hydra.message m
+       SET state = 'failed', available_at = NULL, finished_at = now(), last_error = p_error,
+           lease_token = NULL, lease_expires_at = NULL, slot_epoch = NULL
+     WHERE m.id = p_id;
+    failed := CASE WHEN FOUND THEN ARRAY[p_id] ELSE '{}' END;
+    IF FOUND AND v_epoch IS NOT NULL THEN
+        queues := ARRAY[v_queue];
+        channels := ARRAY[v_channel];
+        epochs := ARRAY[v_epoch];
+    END IF;
+END
+$$;
+
+-- Moves locked-by-caller processing messages to locked (retry after back-off) or failed.
+-- Shared by fail_many and lease expiry; the caller has locked the rows FOR UPDATE (producers
+-- lock no parent; only coordinate()'s check of a new edge holds one, FOR KEY SHARE, briefly).
+-- One bad row never fails the batch: _backoff cannot raise on any stored value, and should
+-- the statement raise anyway (something no bound foresaw), the rows are settled again one at
+-- a time, and a row that still raises is failed without retry, the error in last_error. The
+-- common case pays one subtransaction per call (this is never the dequeue/complete path).
+CREATE OR REPLACE FUNCTION hydra._settle_failures(p_ids bigint[], p_errors text[], p_retry boolean[])
+RETURNS SETOF hydra.fail_result
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+SET jit = off
+AS $$
+DECLARE
+    v_failed   bigint[];
+    v_queues   text[];
+    v_channels text[];
+    v_epochs   bigint[];
+    v_one      record;
+    v_state    text;
+    v_text     text;
+BEGIN
+    -- Settles the rows; releases slots; records outcomes of finished ones.
+    BEGIN
+        SELECT r.failed, r.queues, r.channels, r.epochs
+          INTO v_failed, v_queues, v_channels, v_epochs
+          FROM hydra._settle_rows(p_ids, p_errors, p_retry) r;
+    EXCEPTION WHEN OTHERS THEN
+        v_failed := '{}';
+        FOR v_i IN 1 .. coalesce(cardinality(p_ids), 0) LOOP
+            BEGIN
+                SELECT r.* INTO v_one
+                  FROM hydra._settle_rows(p_ids[v_i:v_i], p_errors[v_i:v_i], p_retry[v_i:v_i]) r;
+            EXCEPTION WHEN OTHERS THEN
+                GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_text = MESSAGE_TEXT;
+                SELECT r.* INTO v_one
+                  FROM hydra._settle_broken(p_ids[v_i], format(
+                           'hydramq: settling this message raised %s (%s); failed without '
+                           'retry. Reported error: %s', v_state, v_text,
+                           coalesce(p_errors[v_i], '(none)'))) r;
+            END;
+            v_failed := v_failed || v_one.failed;
+            v_queues := v_queues || v_one.queues;
+            v_channels := v_channels || v_one.channels;
+            v_epochs := v_epochs || v_one.epochs;
+        END LOOP;
+    END;
     IF v_failed <> '{}' THEN
         PERFORM hydra._record_outcomes(v_failed, false);
     END IF;
@@ -280,8 +378,9 @@ $$;
 
 COMMENT ON FUNCTION hydra.fail_many(bigint[], uuid[], text[], boolean, boolean[]) IS
 'Reports failed attempts. With retry (default) and attempts left a message is locked for
-lock_secs * lock_secs_factor^(attempt-1) seconds, then ready again; otherwise it is failed at
-once. Returns (message_id, outcome, attempt, available_at); outcome is locked, failed or stale
+lock_secs * lock_secs_factor^(attempt-1) seconds (at most ten years), then ready again;
+otherwise it is failed at once. A message whose settlement raises is failed alone (the error in
+last_error); the others are settled. Returns (message_id, outcome, attempt, available_at); outcome is locked, failed or stale
 (the lease is no longer held: nothing changed).';
 
 CREATE OR REPLACE FUNCTION hydra.fail(
@@ -314,12 +413,13 @@ DECLARE
     v_deadline timestamptz;
 BEGIN
     -- Pushes the lease deadline to now + extend_secs (default: max_processing_secs).
-    IF extend_secs IS NOT NULL AND (extend_secs <= 0 OR extend_secs > 315360000) THEN
-        PERFORM hydra._invalid('extend_secs', 'must be greater than 0 and at most 315360000');
+    IF extend_secs IS NOT NULL AND NOT extend_secs BETWEEN 0.001 AND 315360000 THEN
+        PERFORM hydra._invalid('extend_secs', 'must be between 0.001 and 315360000 (ten years)');
     END IF;
+    -- The stored max_processing_secs is clamped to the bounds, as in _lease.
     UPDATE hydra.message m
-       SET lease_expires_at = now() + make_interval(
-               secs => coalesce(extend_secs, m.max_processing_secs)::float8)
+       SET lease_expires_at = now() + make_interval(secs => coalesce(extend_secs,
+               greatest(least(m.max_processing_secs, 315360000), 0.001))::float8)
      WHERE m.id = heartbeat.message_id AND m.lease_token = heartbeat.lease_token
     RETURNING m.lease_expires_at INTO v_deadline;
     RETURN v_deadline;
@@ -327,5 +427,6 @@ END
 $$;
 
 COMMENT ON FUNCTION hydra.heartbeat(bigint, uuid, numeric) IS
-'Extends the lease of a message being processed. Returns the new deadline, or NULL when the
-lease is no longer held (expired and re-delivered, or settled).';
+'Extends the lease of a message being processed to now + extend_secs (0.001 to 315360000,
+ten years; default: the message''s max_processing_secs). Returns the new deadline, or NULL when
+the lease is no longer held (expired and re-delivered, or settled).';

@@ -8,13 +8,16 @@
 
 CREATE OR REPLACE VIEW hydra.schedules AS
 SELECT s.queue, NULLIF(s.channel, '') AS channel, s.name, s.cron, s.tz,
-       s.next_fire_at, s.last_fire_at, s.last_error,
+       -- A stopped schedule ('infinity' in the table, so that it is never due) shows NULL:
+       -- clients such as Python cannot load 'infinity'.
+       NULLIF(s.next_fire_at, 'infinity') AS next_fire_at, s.last_fire_at, s.last_error,
        s.payload, s.priority, s.num_attempts, s.lock_secs, s.lock_secs_factor,
        s.max_processing_secs, s.created_at, s.updated_at
   FROM hydra.schedule s;
 
 COMMENT ON VIEW hydra.schedules IS
-    'Cron schedules with their next and last fire times (channel NULL = default channel).';
+    'Cron schedules with their next and last fire times (channel NULL = default channel;
+next_fire_at NULL = stopped: no next fire time, see last_error).';
 
 CREATE OR REPLACE FUNCTION hydra.schedule_set(
     name                text,
@@ -154,8 +157,9 @@ BEGIN
                 v_due.name, v_due.queue, NULLIF(v_due.channel, ''), v_due.next_fire_at, v_message;
         END;
 
-        -- Without a next tick (its zone vanished from the tz database, say) the schedule stops
-        -- at 'infinity' until schedule_set is called again.
+        -- Without a next tick (its zone vanished from the tz database, or the next one is
+        -- after year 9999: cron_next gives NULL) the schedule stops at 'infinity' (NULL in
+        -- hydra.schedules) until schedule_set is called again.
         UPDATE hydra.schedule s
            SET next_fire_at = coalesce(v_next, 'infinity'),
                last_fire_at = v_due.next_fire_at,

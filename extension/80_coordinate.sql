@@ -452,9 +452,17 @@ BEGIN
     IF batch IS NULL OR batch < 1 OR batch > 100000 THEN
         PERFORM hydra._invalid('batch', 'must be between 1 and 100000');
     END IF;
-    IF failed_retention IS NULL OR failed_retention < interval '0' THEN
-        PERFORM hydra._invalid('failed_retention', 'must be 0 or more');
+    IF failed_retention IS NULL OR NOT failed_retention BETWEEN interval '0' AND interval '100 years'
+    THEN
+        PERFORM hydra._invalid('failed_retention', 'must be between 0 and 100 years');
     END IF;
+    -- Within the bounds by its total, yet made of parts that overflow (months of a million
+    -- years offset by days): the cut-off is computed once here, so _purge_failed cannot raise.
+    BEGIN
+        PERFORM now() - failed_retention;
+    EXCEPTION WHEN datetime_field_overflow OR interval_field_overflow THEN
+        PERFORM hydra._invalid('failed_retention', 'must be between 0 and 100 years');
+    END;
 
     RETURN QUERY SELECT * FROM hydra._expire_leases(batch);
     RETURN QUERY SELECT * FROM hydra._unlock_due(batch);
@@ -483,7 +491,8 @@ COMMENT ON FUNCTION hydra.coordinate(integer, interval) IS
 leases (a failed attempt), unlocks messages whose back-off is over, resolves dependencies
 (cascading failures), releases delayed messages (through max_size admission), fires due
 schedules and deletes failed messages older than failed_retention. Safe to run from any number
-of sessions at once (pg_cron included). Returns one row per transition (SPEC event names).';
+of sessions at once (pg_cron included). Returns one row per transition (SPEC event names).
+Bounds: batch 1 to 100000, failed_retention 0 to 100 years.';
 
 -- Idle-worker bookkeeping for the driver's LISTEN/NOTIFY wake-ups.
 CREATE OR REPLACE FUNCTION hydra.worker_idle(queues text[])
@@ -491,6 +500,8 @@ RETURNS void
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
+    -- Queue names obey the rules of every other name (22023 naming queues).
+    SELECT hydra._check_name('queues', q, true) FROM unnest(queues) q;
     INSERT INTO hydra.waiting_worker (queue, backend_pid)
     SELECT DISTINCT q, pg_backend_pid() FROM unnest(queues) q
      WHERE q IS NOT NULL

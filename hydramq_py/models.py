@@ -154,8 +154,8 @@ class ChannelPolicy:
 
 @dataclass(frozen=True, slots=True)
 class Schedule:
-    """A cron schedule (row of the ``hydra.schedules`` view). ``next_fire_at`` is 'infinity'
-    (``datetime.max``) for a schedule that stopped; ``last_error`` says why."""
+    """A cron schedule (row of the ``hydra.schedules`` view). ``next_fire_at`` is None for a
+    schedule that stopped (no next fire time); ``last_error`` says why when there was an error."""
 
     queue: str
     channel: str | None

@@ -186,9 +186,9 @@ def test_schedule_names_are_scoped_to_queue_and_channel(db: Conn) -> None:
         ({"payload": None}, "payload: must not be NULL"),
         ({"priority": -2147483648}, "priority: must be greater than -2147483648"),
         ({"num_attempts": 0}, "num_attempts: must be at least 1"),
-        ({"lock_secs": Decimal(-1)}, "lock_secs: must be 0 or more"),
-        ({"lock_secs_factor": Decimal("0.5")}, "lock_secs_factor: must be at least 1"),
-        ({"max_processing_secs": Decimal(0)}, "max_processing_secs: must be greater than 0"),
+        ({"lock_secs": Decimal(-1)}, "lock_secs: must be 0 or between 0.001 and 315360000"),
+        ({"lock_secs_factor": Decimal("0.5")}, "lock_secs_factor: must be between 1 and 100"),
+        ({"max_processing_secs": Decimal(0)}, "max_processing_secs: must be between 0.001 and"),
     ],
 )
 def test_invalid_arguments_are_rejected_naming_the_argument_and_nothing_is_written(
