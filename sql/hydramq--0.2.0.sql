@@ -1143,13 +1143,16 @@ BEGIN
         -- must never make another tenant's settlement wait); a parent that finishes while
         -- this edge is uncommitted is caught by coordinate() through hydra.edge_check. A
         -- missing id that the sequence issued has finished successfully and been deleted.
+        -- Set operations (joins), never "= ANY" of one big array per element of another: a
+        -- call with many messages sharing many parents stays linear in its edges.
         SELECT coalesce(array_agg(m.id), '{}'), coalesce(array_agg(m.state), '{}')
           INTO v_parent_ids, v_parent_states
           FROM hydra.message m
-         WHERE m.id = ANY (p_dep_parents);
+         WHERE m.id = ANY (ARRAY(SELECT DISTINCT d.p FROM unnest(p_dep_parents) d(p)));
         SELECT min(d.p) INTO v_missing
-          FROM unnest(p_dep_parents) d(p)
-         WHERE d.p <> ALL (v_parent_ids)
+          FROM (SELECT DISTINCT u.p FROM unnest(p_dep_parents) u(p)) d
+          LEFT JOIN unnest(v_parent_ids) f(id) ON f.id = d.p
+         WHERE f.id IS NULL
            AND (d.p <= 0 OR d.p > (SELECT CASE WHEN s.is_called THEN s.last_value
                                                 ELSE s.last_value - 1 END
                                       FROM hydra.message_id_seq s));
@@ -1175,7 +1178,7 @@ BEGIN
                           p_max_processing_secs)
                    WITH ORDINALITY AS o(payload, channel, priority, name, num_attempts,
                                         lock_secs, factor, delay, cascade, max_processing, ord)
-             WHERE o.ord = ANY (v_pending_ords)
+              JOIN unnest(v_pending_ords) p(ord) ON p.ord = o.ord
         ), deps AS (
             SELECT d.ord,
                    count(*) FILTER (WHERE ps.state IS NOT NULL AND ps.state <> 'failed')
@@ -1265,9 +1268,9 @@ BEGIN
                        CASE WHEN ps.state IS NULL THEN true
                             WHEN ps.state = 'failed' THEN false END
                   FROM unnest(p_dep_ords, p_dep_parents) AS d(ord, parent)
+                  JOIN unnest(v_inserted) AS i(id) ON i.id = v_ids[d.ord]
                   LEFT JOIN unnest(v_parent_ids, v_parent_states) AS ps(id, state)
                     ON ps.id = d.parent
-                 WHERE v_ids[d.ord] = ANY (v_inserted)
                 RETURNING child_id, parent_id, resolved
             )
             INSERT INTO hydra.edge_check (child_id, parent_id)
@@ -1278,18 +1281,19 @@ BEGIN
         END IF;
 
         RETURN QUERY
-            SELECT o.ord,
-                   CASE WHEN v_ids[o.ord] = ANY (v_dropped) THEN 'dropped' ELSE 'enqueued' END,
-                   v_ids[o.ord]
+            SELECT o.ord, CASE WHEN x.id IS NULL THEN 'enqueued' ELSE 'dropped' END, i.id
               FROM unnest(v_pending_ords) o(ord)
-             WHERE v_ids[o.ord] = ANY (v_inserted);
+              JOIN unnest(v_inserted) i(id) ON i.id = v_ids[o.ord]
+              LEFT JOIN unnest(v_dropped) x(id) ON x.id = i.id
+             ORDER BY o.ord;
 
         -- Rows that met a de-duplication name report the existing message; if that one was
         -- dequeued meanwhile (it no longer blocks the name), they are inserted on the next turn.
         -- One look per name, in one snapshot (each row gets exactly one answer), each a probe
         -- of the name's index entry: never a read of every named message of the queue.
         v_pending_ords := ARRAY(SELECT o.ord FROM unnest(v_pending_ords) o(ord)
-                                 WHERE v_ids[o.ord] <> ALL (v_inserted));
+                                  LEFT JOIN unnest(v_inserted) i(id) ON i.id = v_ids[o.ord]
+                                 WHERE i.id IS NULL);
         EXIT WHEN v_pending_ords = '{}';
         SELECT coalesce(array_agg(o.ord) FILTER (WHERE e.id IS NOT NULL), '{}'),
                coalesce(array_agg(e.id) FILTER (WHERE e.id IS NOT NULL), '{}'),
