@@ -521,6 +521,9 @@ class _Listener:
         self.name = name
         self.conn: psycopg.AsyncConnection[Any] | None = None
         self.registered = False
+        # The server's pid of the LISTEN session, as the server reports it (a proxy in between
+        # would show the client a made-up pid); NOTIFY payloads name it.
+        self.session_pid = ""
         self._retry_at = 0.0
         self._delay = 0.1
 
@@ -535,6 +538,8 @@ class _Listener:
                 self.dsn, autocommit=True, application_name=f"{self.name}-listen"
             )
             await conn.execute(sql.LISTEN)
+            cur = await conn.execute("SELECT pg_catalog.pg_backend_pid()")
+            row = await cur.fetchone()
         except psycopg.Error as exc:
             log.warning(
                 "%s: LISTEN connection unavailable (%s); polling meanwhile",
@@ -545,6 +550,7 @@ class _Listener:
             self._delay = min(self._delay * 2, 5.0)
             return None
         self.conn = conn
+        self.session_pid = str(row[0]) if row else ""
         self.registered = False
         self._delay = 0.1
         return conn
@@ -619,7 +625,7 @@ class _Listener:
             # empty dequeue.
             if note.channel == sql.NOTIFY_CHANNEL and (
                 not note.payload
-                or note.payload == str(conn.info.backend_pid)
+                or note.payload == self.session_pid
                 or note.payload in self.queues
             ):
                 return True
